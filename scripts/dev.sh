@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs chronolog with its dependencies on this machine, for a person to try:
+# PostgreSQL and tansu in .chronolog/ (kept between runs), then every role
+# on the default ports 7080 (commands) and 7081 (queries). Ctrl-C stops all.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$CHRONOLOG_ROOT"
+
+install_deps
+DEV_DIR="$CHRONOLOG_ROOT/.chronolog"
+mkdir -p "$DEV_DIR"
+cleanup() { stop_tansu; stop_postgres; }
+trap cleanup EXIT
+
+if [[ -d $DEV_DIR/pg/data ]]; then
+  PG_DIR="$DEV_DIR/pg"; PG_PORT=$(free_port)
+  as_pg pg_ctl -D "$PG_DIR/data" -l "$DEV_DIR/postgres.log" -w start \
+    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1" >/dev/null
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+  log "PostgreSQL on 127.0.0.1:$PG_PORT"
+else
+  start_postgres "$DEV_DIR"
+fi
+start_tansu "$DEV_DIR"
+
+cargo build --release --quiet
+log "chronolog: commands on http://127.0.0.1:7080, queries on http://127.0.0.1:7081 (Ctrl-C stops)"
+"$CARGO_TARGET_DIR/release/chronolog" serve "$@" &
+APP_PID=$!
+trap 'kill -TERM $APP_PID 2>/dev/null; wait $APP_PID; cleanup' EXIT
+wait $APP_PID

@@ -1,0 +1,101 @@
+# Shared by the project's scripts: installing what the rig needs and starting
+# throwaway PostgreSQL and tansu servers. Source it; do not run it.
+# shellcheck shell=bash
+
+CHRONOLOG_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Builds are cached outside the clone so that a fresh clone (CI) reuses them.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/chronolog/target}"
+export PATH="$HOME/.cargo/bin:$PATH"
+TANSU_VERSION=0.6.0
+
+log() { printf '\033[1m[chronolog]\033[0m %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_for_port PORT PID WHAT: polls until PORT accepts connections; fails
+# loudly if the process PID dies or 60 s pass.
+wait_for_port() {
+  local port=$1 pid=$2 what=$3 deadline=$((SECONDS + 60))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null || die "$what exited during start-up (see its log)"
+    ((SECONDS < deadline)) || die "$what did not listen on port $port within 60 s"
+    sleep 0.2
+  done
+}
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  ((${#missing[@]} == 0)) && return 0
+  log "installing ${missing[*]} (apt)"
+  local sudo=""; [[ $(id -u) == 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# Installs what the rig needs, skipping what is already there. The tansu
+# build takes about 15 minutes on 2 cores; its binary lands in ~/.cargo/bin,
+# outside the clone, so that it is built once per machine.
+install_deps() {
+  command -v python3 >/dev/null || apt_install python3
+  if ! command -v pg_ctl >/dev/null && [[ -d /usr/lib/postgresql ]]; then
+    local bindir; bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    export PATH="$bindir:$PATH"
+  fi
+  command -v pg_ctl >/dev/null || apt_install postgresql
+  if ! command -v pg_ctl >/dev/null; then
+    local bindir; bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    export PATH="$bindir:$PATH"
+  fi
+  if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    log "building tansu $TANSU_VERSION (once per machine, about 15 minutes)"
+    cargo install --locked tansu --version "$TANSU_VERSION" --features libsql
+  fi
+}
+
+# PostgreSQL refuses to run as root; run its tools as the postgres user then.
+as_pg() {
+  if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# start_postgres DIR: a throwaway cluster in DIR on a free port. Sets PG_PORT
+# and exports DATABASE_URL (the server's `postgres` database).
+start_postgres() {
+  local dir=$1
+  PG_DIR="$dir/pg"
+  PG_PORT=$(free_port)
+  mkdir -p "$PG_DIR"
+  [[ $(id -u) == 0 ]] && chown -R postgres: "$dir"
+  as_pg initdb -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 --no-instructions >"$dir/initdb.log" 2>&1 \
+    || die "initdb failed: $(tail -5 "$dir/initdb.log")"
+  as_pg pg_ctl -D "$PG_DIR/data" -l "$dir/postgres.log" -w -t 60 start \
+    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=${PG_FSYNC:-on}" >/dev/null \
+    || die "PostgreSQL did not start: $(tail -5 "$dir/postgres.log")"
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+  log "PostgreSQL on 127.0.0.1:$PG_PORT (log: $dir/postgres.log)"
+}
+
+stop_postgres() {
+  [[ -n ${PG_DIR:-} && -d $PG_DIR/data ]] && as_pg pg_ctl -D "$PG_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# start_tansu DIR: a tansu broker with its SQLite engine in DIR on a free
+# port. Sets TANSU_PID and exports KAFKA_BROKERS.
+start_tansu() {
+  local dir=$1
+  TANSU_PORT=$(free_port)
+  (cd "$dir" && exec tansu broker \
+    --listener-url "tcp://127.0.0.1:$TANSU_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$TANSU_PORT" \
+    --storage-engine "sqlite://tansu.db") >"$dir/tansu.log" 2>&1 &
+  TANSU_PID=$!
+  wait_for_port "$TANSU_PORT" "$TANSU_PID" tansu
+  export KAFKA_BROKERS="127.0.0.1:$TANSU_PORT"
+  log "tansu on $KAFKA_BROKERS (log: $dir/tansu.log)"
+}
+
+stop_tansu() {
+  [[ -n ${TANSU_PID:-} ]] && kill "$TANSU_PID" 2>/dev/null && wait "$TANSU_PID" 2>/dev/null || true
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, then every test
+# against a real PostgreSQL and a real tansu broker.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$CHRONOLOG_ROOT"
+
+install_deps
+log "cargo fmt --check"
+cargo fmt --all --check
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+log "building tests"
+cargo build --all-targets --quiet
+if cargo nextest --version >/dev/null 2>&1; then
+  scripts/with-deps.sh cargo nextest run --no-fail-fast "$@"
+else
+  scripts/with-deps.sh cargo test --no-fail-fast "$@"
+fi

@@ -1,0 +1,147 @@
+//! The DB writer actor: runs each batch in one Diesel transaction and answers
+//! only after the commit, so that the partition consumer can acknowledge the
+//! offsets the batch covers.
+//!
+//! Batches of different partitions run concurrently on the pool. When the
+//! connection itself is lost the actor stops, and its supervisor restarts it
+//! with a fresh pool; the failed batch is retried by its partition consumer.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use actix::prelude::*;
+
+use crate::db::models::ProjectedRecord;
+use crate::db::queries::{self, BatchApplied, PartitionKey};
+use crate::db::{DbError, Pool};
+use crate::metrics::{self, metrics};
+
+const ACTOR: &str = "db_writer";
+/// Batches that may wait for the writer; one per partition is in flight at
+/// most, so this bound is only reached with thousands of partitions.
+pub const MAILBOX_CAPACITY: usize = 1024;
+
+/// Applies a batch of one partition, with the offset that follows it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<BatchCommitted, DbError>")]
+pub struct WriteBatch {
+    /// The partition the records come from.
+    pub partition: PartitionKey,
+    /// Decoded records, in offset order (may be empty when every record of
+    /// the batch went to the dead-letter topic).
+    pub records: Vec<ProjectedRecord>,
+    /// The offset after the batch's last record.
+    pub next_offset: i64,
+}
+
+/// The batch's transaction committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchCommitted {
+    /// What the transaction did.
+    pub applied: BatchApplied,
+}
+
+/// Reads the stored next offsets of a group's partitions.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<HashMap<i32, i64>, DbError>")]
+pub struct LoadOffsets {
+    /// Consumer group.
+    pub group_id: String,
+    /// Topic.
+    pub topic: String,
+}
+
+/// Owns the write-side pool.
+pub struct DbWriter {
+    database_url: String,
+    pool_size: u32,
+    pool: Pool,
+}
+
+impl DbWriter {
+    /// A writer with its own pool of `pool_size` connections.
+    pub fn new(database_url: String, pool_size: u32) -> Self {
+        let pool = crate::db::pool(&database_url, pool_size);
+        Self {
+            database_url,
+            pool_size,
+            pool,
+        }
+    }
+}
+
+impl Actor for DbWriter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+    }
+}
+
+impl Supervised for DbWriter {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        metrics::actor_restarted(ACTOR);
+        self.pool = crate::db::pool(&self.database_url, self.pool_size);
+        tracing::warn!("db writer restarted with a fresh connection pool");
+    }
+}
+
+impl Handler<WriteBatch> for DbWriter {
+    type Result = ResponseActFuture<Self, Result<BatchCommitted, DbError>>;
+
+    fn handle(&mut self, msg: WriteBatch, _ctx: &mut Self::Context) -> Self::Result {
+        let fut = metrics::observe(ACTOR, "WriteBatch", write_batch(self.pool.clone(), msg));
+        Box::pin(fut.into_actor(self).map(stop_on_lost_connection))
+    }
+}
+
+impl Handler<LoadOffsets> for DbWriter {
+    type Result = ResponseActFuture<Self, Result<HashMap<i32, i64>, DbError>>;
+
+    fn handle(&mut self, msg: LoadOffsets, _ctx: &mut Self::Context) -> Self::Result {
+        let pool = self.pool.clone();
+        let fut = metrics::observe(ACTOR, "LoadOffsets", async move {
+            let mut conn = pool.get().await?;
+            queries::load_offsets(&mut conn, &msg.group_id, &msg.topic).await
+        });
+        Box::pin(fut.into_actor(self).map(stop_on_lost_connection))
+    }
+}
+
+fn stop_on_lost_connection<T>(
+    result: Result<T, DbError>,
+    _act: &mut DbWriter,
+    ctx: &mut Context<DbWriter>,
+) -> Result<T, DbError> {
+    if let Err(error) = &result
+        && error.is_connection_lost()
+    {
+        ctx.stop();
+    }
+    result
+}
+
+/// Runs one batch in one transaction and records its outcome.
+pub async fn write_batch(pool: Pool, msg: WriteBatch) -> Result<BatchCommitted, DbError> {
+    let m = metrics();
+    let started = Instant::now();
+    let result = async {
+        let mut conn = pool.get().await?;
+        queries::apply_batch(&mut conn, &msg.partition, &msg.records, msg.next_offset).await
+    }
+    .await;
+    m.db_transaction_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(applied) => {
+            m.db_transactions.with_label_values(&["committed"]).inc();
+            m.db_rows_written.inc_by(applied.inserted as u64);
+            m.db_batch_size.observe(msg.records.len() as f64);
+            Ok(BatchCommitted { applied })
+        }
+        Err(error) => {
+            m.db_transactions.with_label_values(&["failed"]).inc();
+            Err(error)
+        }
+    }
+}

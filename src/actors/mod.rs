@@ -1,0 +1,23 @@
+//! The actors of chronolog and the typed messages they exchange.
+//!
+//! | actor | file | owns | receives from | messages | mailbox |
+//! |---|---|---|---|---|---|
+//! | [`Ingestion`](ingestion::Ingestion) | `ingestion.rs` | nothing | HTTP command handlers | `SubmitCommand` → `CommandAccepted` | 4096 |
+//! | [`KafkaProducer`](producer::KafkaProducer) | `producer.rs` | the idempotent producer | `Ingestion`, partition consumers | `PublishCommand`, `PublishDeadLetter` → `Delivered` | 4096 |
+//! | [`PartitionConsumer`](partition_consumer::PartitionConsumer) | `partition_consumer.rs` | one partition's queue, its committed offset | the group's rebalance callback | `Drain` → `PartitionDrained` | 16 |
+//! | [`DbWriter`](db_writer::DbWriter) | `db_writer.rs` | the write-side connection pool | partition consumers, the group | `WriteBatch` → `BatchCommitted`, `LoadOffsets` | 1024 |
+//!
+//! Every actor runs under an `actix::Supervisor`, which restarts an actor that
+//! *stops*; none of them panics: failures are values, and an actor whose
+//! resource is broken (a fatal producer error, a lost database connection)
+//! stops itself so that `restarting` can rebuild that resource.
+//!
+//! The flow of one command: HTTP → `SubmitCommand` → `Ingestion` →
+//! `PublishCommand` → `KafkaProducer` → broker ack → 202. Later, on the
+//! consumer side: partition queue → `PartitionConsumer` → `WriteBatch` →
+//! `DbWriter` → commit → `BatchCommitted` → offset stored → Kafka commit.
+
+pub mod db_writer;
+pub mod ingestion;
+pub mod partition_consumer;
+pub mod producer;

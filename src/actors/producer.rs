@@ -1,0 +1,253 @@
+//! The Kafka producer actor: owns the idempotent producer and answers every
+//! publish with the broker's delivery result.
+//!
+//! Handlers do not wait for each other: concurrent publishes are in flight
+//! together and librdkafka packs them into shared produce batches. A fatal
+//! producer error (the idempotence guarantee can no longer be kept) stops the
+//! actor, and its supervisor builds a fresh producer.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use tracing::Instrument;
+
+use crate::config::Settings;
+use crate::domain::{CorrelationId, TimestampCommand};
+use crate::kafka::record::{CORRELATION_HEADER, encode_value};
+use crate::kafka::{TracingContext, producer_config};
+use crate::metrics::{self, metrics};
+
+const ACTOR: &str = "kafka_producer";
+/// Publishes that may wait for the producer before senders are held back.
+pub const MAILBOX_CAPACITY: usize = 4096;
+
+type Client = FutureProducer<TracingContext>;
+
+/// Appends a command to the command topic.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Delivered, ProduceError>")]
+pub struct PublishCommand {
+    /// The validated command.
+    pub command: TimestampCommand,
+    /// Carried as the record's `correlationId` header.
+    pub correlation_id: CorrelationId,
+}
+
+/// Appends a record that cannot be projected to the dead-letter topic.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Delivered, ProduceError>")]
+pub struct PublishDeadLetter {
+    /// Original key, unchanged.
+    pub key: Option<Vec<u8>>,
+    /// Original value, unchanged.
+    pub value: Option<Vec<u8>>,
+    /// Original headers followed by the `dlq.*` headers giving the reason and source.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Reason code, for the counter.
+    pub reason: &'static str,
+}
+
+/// Where the broker put a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Partition of the record.
+    pub partition: i32,
+    /// Offset of the record.
+    pub offset: i64,
+}
+
+/// Why a record is not known to be in the log.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProduceError {
+    /// The broker did not acknowledge within the delivery timeout.
+    #[error("the broker did not acknowledge the record within {0:?}")]
+    Timeout(Duration),
+    /// The producer or broker refused the record.
+    #[error("the record was not delivered: {0}")]
+    Failed(String),
+    /// The producer hit a fatal error and is being rebuilt.
+    #[error("the producer failed fatally and is being rebuilt: {0}")]
+    Fatal(String),
+    /// The producer actor is not running.
+    #[error("the producer is not available: {0}")]
+    Unavailable(String),
+}
+
+/// Owns the idempotent producer.
+pub struct KafkaProducer {
+    settings: Settings,
+    client: Option<Client>,
+}
+
+impl KafkaProducer {
+    /// Builds the producer; fails only on an invalid configuration.
+    pub fn new(settings: Settings) -> Result<Self, rdkafka::error::KafkaError> {
+        let client = producer_config(&settings).create_with_context(TracingContext)?;
+        Ok(Self {
+            settings,
+            client: Some(client),
+        })
+    }
+
+    fn topic(&self) -> String {
+        self.settings.kafka_topic.clone()
+    }
+}
+
+impl Actor for KafkaProducer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+    }
+
+    fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
+        // Records handed to librdkafka are delivered (or time out) before the
+        // producer is dropped, so that no accepted publish is abandoned.
+        if let Some(client) = &self.client
+            && let Err(error) = client.flush(Timeout::After(self.settings.delivery_timeout))
+        {
+            tracing::warn!(%error, "producer flush on stop did not complete");
+        }
+        Running::Stop
+    }
+}
+
+impl Supervised for KafkaProducer {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        metrics::actor_restarted(ACTOR);
+        self.client = match producer_config(&self.settings).create_with_context(TracingContext) {
+            Ok(client) => Some(client),
+            Err(error) => {
+                tracing::error!(%error, "cannot rebuild the Kafka producer");
+                None
+            }
+        };
+        tracing::warn!("kafka producer restarted");
+    }
+}
+
+impl Handler<PublishCommand> for KafkaProducer {
+    type Result = ResponseActFuture<Self, Result<Delivered, ProduceError>>;
+
+    fn handle(&mut self, msg: PublishCommand, _ctx: &mut Self::Context) -> Self::Result {
+        let span = tracing::info_span!(
+            "publish_command",
+            correlation_id = %msg.correlation_id,
+            command_id = %msg.command.command_id,
+        );
+        let key = msg.command.command_id.to_string();
+        let value = encode_value(&msg.command);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: CORRELATION_HEADER,
+            value: Some(msg.correlation_id.as_str()),
+        });
+        let send = publish(
+            self.client.clone(),
+            self.topic(),
+            key.into_bytes(),
+            Some(value),
+            headers,
+            "command",
+            self.settings.delivery_timeout,
+        );
+        let fut = metrics::observe(ACTOR, "PublishCommand", send).instrument(span);
+        Box::pin(fut.into_actor(self).map(stop_on_fatal))
+    }
+}
+
+impl Handler<PublishDeadLetter> for KafkaProducer {
+    type Result = ResponseActFuture<Self, Result<Delivered, ProduceError>>;
+
+    fn handle(&mut self, msg: PublishDeadLetter, _ctx: &mut Self::Context) -> Self::Result {
+        let headers = msg.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header {
+                key: k.as_str(),
+                value: Some(v.as_slice()),
+            })
+        });
+        let topic = self.settings.dead_letter_topic();
+        let send = publish(
+            self.client.clone(),
+            topic,
+            msg.key.unwrap_or_default(),
+            msg.value,
+            headers,
+            "dead_letter",
+            self.settings.delivery_timeout,
+        );
+        Box::pin(
+            metrics::observe(ACTOR, "PublishDeadLetter", send)
+                .into_actor(self)
+                .map(stop_on_fatal),
+        )
+    }
+}
+
+fn stop_on_fatal(
+    result: Result<Delivered, ProduceError>,
+    _act: &mut KafkaProducer,
+    ctx: &mut Context<KafkaProducer>,
+) -> Result<Delivered, ProduceError> {
+    if let Err(ProduceError::Fatal(reason)) = &result {
+        tracing::error!(reason, "fatal producer error, restarting the producer");
+        ctx.stop();
+    }
+    result
+}
+
+/// Sends one record and waits for the broker's acknowledgement.
+async fn publish(
+    client: Option<Client>,
+    topic: String,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    headers: OwnedHeaders,
+    kind: &'static str,
+    delivery_timeout: Duration,
+) -> Result<Delivered, ProduceError> {
+    let m = metrics();
+    let client = client.ok_or_else(|| ProduceError::Unavailable("no producer".into()))?;
+    let mut record = FutureRecord::to(&topic).key(&key).headers(headers);
+    if let Some(value) = &value {
+        record = record.payload(value);
+    }
+    let started = Instant::now();
+    let result = client.send(record, Timeout::After(delivery_timeout)).await;
+    match result {
+        Ok(delivery) => {
+            m.produce_delivery_seconds
+                .observe(started.elapsed().as_secs_f64());
+            m.records_produced
+                .with_label_values(&[kind, "delivered"])
+                .inc();
+            tracing::debug!(
+                partition = delivery.partition,
+                offset = delivery.offset,
+                "record delivered"
+            );
+            Ok(Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            })
+        }
+        Err((error, _)) => {
+            let fatal = client.client().fatal_error();
+            let outcome = match (&fatal, error.rdkafka_error_code()) {
+                (Some(_), _) => "fatal",
+                (None, Some(rdkafka::types::RDKafkaErrorCode::MessageTimedOut)) => "timeout",
+                _ => "failed",
+            };
+            m.records_produced.with_label_values(&[kind, outcome]).inc();
+            tracing::warn!(%error, outcome, "record not delivered");
+            Err(match (fatal, outcome) {
+                (Some((code, reason)), _) => ProduceError::Fatal(format!("{code:?}: {reason}")),
+                (None, "timeout") => ProduceError::Timeout(delivery_timeout),
+                _ => ProduceError::Failed(error.to_string()),
+            })
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Typed settings, read from environment variables (12-factor) or CLI flags.
+//!
+//! Every field names the variable that sets it and its default. A bad value
+//! stops start-up with clap's error, which names the variable (the value name
+//! of each flag is its environment variable).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// Settings shared by every role.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, env = "KAFKA_BROKERS", value_name = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_parser = non_empty)]
+    pub kafka_brokers: String,
+
+    /// The command topic, the golden record. Its dead-letter topic is `<topic>.dlq`.
+    #[arg(long, env = "KAFKA_TOPIC", value_name = "KAFKA_TOPIC", default_value = "timestamp.command.v1", value_parser = topic_name)]
+    pub kafka_topic: String,
+
+    /// Consumer group of the projector; each group builds its own view.
+    #[arg(long, env = "KAFKA_GROUP_ID", value_name = "KAFKA_GROUP_ID", default_value = "chronolog-projector", value_parser = non_empty)]
+    pub kafka_group_id: String,
+
+    /// Partition count used when chronolog creates the topic (an existing topic is left as is).
+    #[arg(long, env = "KAFKA_PARTITIONS", value_name = "KAFKA_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub kafka_partitions: i32,
+
+    /// How long the broker has to acknowledge a command before the request is answered 503.
+    #[arg(long, env = "DELIVERY_TIMEOUT", value_name = "DELIVERY_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub delivery_timeout: Duration,
+
+    /// PostgreSQL URL of the view.
+    #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/chronolog", value_parser = database_url)]
+    pub database_url: String,
+
+    /// Connections in each PostgreSQL pool (writer and query side have one each).
+    #[arg(long, env = "DATABASE_POOL_SIZE", value_name = "DATABASE_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_pool_size: u32,
+
+    /// Most records a partition consumer puts into one database transaction.
+    #[arg(long, env = "BATCH_MAX_RECORDS", value_name = "BATCH_MAX_RECORDS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_max_records: u32,
+
+    /// Listen address of the command API (and its /health, /ready, /metrics).
+    #[arg(
+        long,
+        env = "COMMAND_ADDR",
+        value_name = "COMMAND_ADDR",
+        default_value = "127.0.0.1:7080"
+    )]
+    pub command_addr: SocketAddr,
+
+    /// Listen address of the query API (and its /health, /ready, /metrics).
+    #[arg(
+        long,
+        env = "QUERY_ADDR",
+        value_name = "QUERY_ADDR",
+        default_value = "127.0.0.1:7081"
+    )]
+    pub query_addr: SocketAddr,
+
+    /// Listen address of /health, /ready, /metrics in a process that runs only the consumer role.
+    #[arg(
+        long,
+        env = "CONSUMER_ADDR",
+        value_name = "CONSUMER_ADDR",
+        default_value = "127.0.0.1:7082"
+    )]
+    pub consumer_addr: SocketAddr,
+
+    /// How long a rebalance or shutdown waits for in-flight batches to commit.
+    #[arg(long, env = "DRAIN_TIMEOUT", value_name = "DRAIN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub drain_timeout: Duration,
+}
+
+/// Logging settings, applied once at start.
+#[derive(Debug, Clone, Args)]
+pub struct LogSettings {
+    /// Log filter: a level (`info`) or `tracing` directives (`chronolog=debug,rdkafka=warn`).
+    #[arg(
+        long,
+        env = "LOG_LEVEL",
+        value_name = "LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+
+    /// `json` for machines, `text` for people.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_name = "LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// Output format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// A role of the service; a process runs one or more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum Role {
+    /// Command API: validates commands and appends them to the log.
+    Command,
+    /// Projector: consumes the log into the PostgreSQL view.
+    Consumer,
+    /// Query API: reads the view.
+    Query,
+}
+
+impl Role {
+    /// Every role, as `serve` runs by default.
+    pub const ALL: [Role; 3] = [Role::Command, Role::Consumer, Role::Query];
+
+    /// The role's name as used in flags, logs and readiness reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Command => "command",
+            Role::Consumer => "consumer",
+            Role::Query => "query",
+        }
+    }
+}
+
+impl Settings {
+    /// The dead-letter topic that belongs to the command topic.
+    pub fn dead_letter_topic(&self) -> String {
+        format!("{}.dlq", self.kafka_topic)
+    }
+}
+
+fn non_empty(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(value.to_owned())
+}
+
+/// Kafka's own rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+fn topic_name(value: &str) -> Result<String, String> {
+    let valid_chars = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    // The dead-letter topic appends 4 characters and must be valid too.
+    if value.is_empty() || value.len() > 245 || !valid_chars || value == "." || value == ".." {
+        return Err("a topic name is 1 to 245 characters of [a-zA-Z0-9._-]".into());
+    }
+    Ok(value.to_owned())
+}
+
+fn database_url(value: &str) -> Result<String, String> {
+    if !(value.starts_with("postgres://") || value.starts_with("postgresql://")) {
+        return Err("expected a URL starting with postgres:// or postgresql://".into());
+    }
+    Ok(value.to_owned())
+}
+
+fn duration(value: &str) -> Result<Duration, String> {
+    let parsed =
+        humantime::parse_duration(value).map_err(|e| format!("{e} (examples: 500ms, 5s)"))?;
+    if parsed.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(topic_name("timestamp.command.v1").is_ok());
+        assert!(topic_name("").is_err());
+        assert!(topic_name("..").is_err());
+        assert!(topic_name("has space").is_err());
+        assert!(topic_name(&"a".repeat(246)).is_err());
+    }
+
+    #[test]
+    fn durations_must_be_positive_and_parseable() {
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(duration("0s").is_err());
+        assert!(duration("soon").is_err());
+    }
+
+    #[test]
+    fn database_url_needs_postgres_scheme() {
+        assert!(database_url("postgres://u@h/db").is_ok());
+        assert!(database_url("mysql://u@h/db").is_err());
+    }
+}

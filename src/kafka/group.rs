@@ -1,0 +1,435 @@
+//! The consumer group: membership, rebalances and the partition consumers.
+//!
+//! The group's consumer is polled on a thread of its own, where librdkafka
+//! runs the rebalance callback. That callback may block, and it does:
+//!
+//! * on assignment it reads the view's stored offsets, splits each
+//!   partition's queue *before* assigning it (a split queue survives the
+//!   assignment's fetch start, so no record of the partition ever reaches the
+//!   group queue), assigns at the stored offsets and starts one partition
+//!   consumer actor per partition;
+//! * on revocation it asks every partition consumer to drain — finish and
+//!   acknowledge the batch in flight — and waits for them (bounded by
+//!   `DRAIN_TIMEOUT`) before the partitions are given up.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+
+use crate::actors::db_writer::{DbWriter, LoadOffsets};
+use crate::actors::partition_consumer::{Drain, PartitionConsumer, PartitionDeps};
+use crate::actors::producer::KafkaProducer;
+use crate::config::Settings;
+use crate::db::queries::PartitionKey;
+use crate::kafka::{consumer_config, forward_log};
+use crate::metrics::metrics;
+
+/// The group's consumer.
+pub type GroupConsumer = StreamConsumer<GroupContext>;
+/// One partition's own queue, split from the group queue.
+pub type PartitionQueue = StreamPartitionQueue<GroupContext>;
+
+/// How long an assignment waits for the view's stored offsets before it
+/// falls back to Kafka's committed offsets (safe: the writer skips what the
+/// view already holds).
+const OFFSET_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the group's partitions are doing, for `/ready`.
+#[derive(Debug, Default)]
+pub struct GroupStatus {
+    assigned: Mutex<BTreeSet<i32>>,
+    blocked: Mutex<BTreeSet<i32>>,
+}
+
+impl GroupStatus {
+    /// Marks a partition as blocked (retrying a failed write) or not.
+    pub fn set_blocked(&self, key: &PartitionKey, blocked: bool) {
+        if let Ok(mut set) = self.blocked.lock() {
+            if blocked {
+                set.insert(key.partition);
+            } else {
+                set.remove(&key.partition);
+            }
+        }
+        metrics()
+            .partition_blocked
+            .with_label_values(&[&key.topic, &key.partition.to_string()])
+            .set(i64::from(blocked));
+    }
+
+    /// Partitions currently retrying a failed write.
+    pub fn blocked(&self) -> Vec<i32> {
+        self.blocked
+            .lock()
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Partitions currently assigned to this process.
+    pub fn assigned(&self) -> Vec<i32> {
+        self.assigned
+            .lock()
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn set_assigned(&self, partitions: impl IntoIterator<Item = i32>) {
+        if let Ok(mut set) = self.assigned.lock() {
+            *set = partitions.into_iter().collect();
+        }
+    }
+}
+
+/// Callbacks of the group's consumer; owns the partition consumers.
+pub struct GroupContext {
+    consumer: OnceLock<Weak<GroupConsumer>>,
+    group_id: String,
+    topic: String,
+    batch_max: usize,
+    drain_timeout: Duration,
+    writer: Addr<DbWriter>,
+    producer: Addr<KafkaProducer>,
+    arbiter: ArbiterHandle,
+    status: Arc<GroupStatus>,
+    partitions: Mutex<HashMap<i32, Addr<PartitionConsumer>>>,
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        forward_log(level, fac, log_message);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(base, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(base),
+            other => {
+                tracing::error!(error = ?other, "rebalance error; giving up every partition");
+                self.revoke(base);
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(error) = result {
+            tracing::debug!(%error, "offset commit to Kafka failed; the view keeps the offsets");
+        }
+    }
+}
+
+impl GroupContext {
+    fn assign(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            tracing::error!("assignment before the consumer is set up");
+            return;
+        };
+        let partitions: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        let stored = self.stored_offsets();
+        for &partition in &partitions {
+            if let Some(&next) = stored.get(&partition)
+                && let Err(error) =
+                    tpl.set_partition_offset(&self.topic, partition, Offset::Offset(next))
+            {
+                tracing::warn!(partition, %error, "cannot start the partition at its stored offset");
+            }
+        }
+        // Split before assigning: see the module documentation.
+        let mut queues = Vec::with_capacity(partitions.len());
+        for &partition in &partitions {
+            match consumer.split_partition_queue(&self.topic, partition) {
+                Some(queue) => queues.push((partition, queue)),
+                None => tracing::error!(partition, "cannot split the partition queue"),
+            }
+        }
+        if let Err(error) = base.assign(tpl) {
+            tracing::error!(%error, "cannot assign partitions");
+            return;
+        }
+        let deps = PartitionDeps {
+            consumer: consumer.clone(),
+            writer: self.writer.clone(),
+            producer: self.producer.clone(),
+            status: self.status.clone(),
+            batch_max: self.batch_max,
+        };
+        let mut started = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        for (partition, queue) in queues {
+            let key = PartitionKey {
+                group_id: self.group_id.clone(),
+                topic: self.topic.clone(),
+                partition,
+            };
+            let deps = deps.clone();
+            let addr = Supervisor::start_in_arbiter(&self.arbiter, move |_| {
+                PartitionConsumer::new(key, queue, deps)
+            });
+            started.insert(partition, addr);
+        }
+        self.status.set_assigned(started.keys().copied());
+        tracing::info!(?partitions, stored_offsets = ?stored, "partitions assigned");
+    }
+
+    fn revoke(&self, base: &BaseConsumer<Self>) {
+        let drained: Vec<(i32, Addr<PartitionConsumer>)> = {
+            let mut map = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+            map.drain().collect()
+        };
+        let partitions: Vec<i32> = drained.iter().map(|(p, _)| *p).collect();
+        // The requests are sent here and the addresses dropped, so that the
+        // drained actors are not restarted by their supervisors.
+        let requests: Vec<_> = drained
+            .into_iter()
+            .map(|(partition, addr)| {
+                let request = addr.send(Drain);
+                async move { (partition, request.await) }
+            })
+            .collect();
+        let started = Instant::now();
+        match wait_blocking(
+            &self.arbiter,
+            futures::future::join_all(requests),
+            self.drain_timeout,
+        ) {
+            Some(results) => {
+                for (partition, result) in results {
+                    match result {
+                        Ok(drained) => {
+                            tracing::debug!(partition, next_offset = ?drained.next_offset, "partition drained")
+                        }
+                        Err(error) => {
+                            tracing::warn!(partition, %error, "partition consumer was already gone")
+                        }
+                    }
+                }
+            }
+            None => {
+                tracing::warn!(?partitions, timeout = ?self.drain_timeout, "drain timed out; the next owner resumes from the view's offsets")
+            }
+        }
+        self.status.set_assigned([]);
+        if let Err(error) = base.unassign() {
+            tracing::error!(%error, "cannot unassign partitions");
+        }
+        tracing::info!(?partitions, took = ?started.elapsed(), "partitions revoked");
+    }
+
+    fn stored_offsets(&self) -> HashMap<i32, i64> {
+        let request = self.writer.send(LoadOffsets {
+            group_id: self.group_id.clone(),
+            topic: self.topic.clone(),
+        });
+        match wait_blocking(&self.arbiter, request, OFFSET_LOOKUP_TIMEOUT) {
+            Some(Ok(Ok(offsets))) => offsets,
+            Some(Ok(Err(error))) => {
+                tracing::warn!(%error, "cannot read stored offsets; starting from Kafka's committed offsets");
+                HashMap::new()
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "db writer unavailable; starting from Kafka's committed offsets");
+                HashMap::new()
+            }
+            None => {
+                tracing::warn!(
+                    "stored offsets lookup timed out; starting from Kafka's committed offsets"
+                );
+                HashMap::new()
+            }
+        }
+    }
+}
+
+/// Runs `fut` on `arbiter` and blocks the calling (non-actix) thread until it
+/// is done or `timeout` passes.
+fn wait_blocking<F>(arbiter: &ArbiterHandle, fut: F, timeout: Duration) -> Option<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let spawned = arbiter.spawn(async move {
+        // The receiver is gone only when the wait timed out.
+        let _ = tx.send(fut.await);
+    });
+    if !spawned {
+        return None;
+    }
+    rx.recv_timeout(timeout).ok()
+}
+
+/// Errors starting the consumer group.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// The consumer could not be created or subscribed.
+    #[error("cannot start the Kafka consumer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The polling thread could not be started.
+    #[error("cannot start the consumer thread: {0}")]
+    Thread(#[from] std::io::Error),
+    /// The polling thread ended before it was ready.
+    #[error("the consumer thread ended during start-up")]
+    Ended,
+}
+
+/// A running member of the consumer group.
+pub struct ConsumerGroup {
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    arbiter: Arbiter,
+    status: Arc<GroupStatus>,
+}
+
+impl ConsumerGroup {
+    /// Joins `group_id` on the command topic and starts projecting.
+    pub fn start(
+        settings: &Settings,
+        group_id: &str,
+        writer: Addr<DbWriter>,
+        producer: Addr<KafkaProducer>,
+    ) -> Result<Self, GroupError> {
+        let arbiter = Arbiter::new();
+        let status = Arc::new(GroupStatus::default());
+        let context = GroupContext {
+            consumer: OnceLock::new(),
+            group_id: group_id.to_owned(),
+            topic: settings.kafka_topic.clone(),
+            batch_max: settings.batch_max_records as usize,
+            drain_timeout: settings.drain_timeout,
+            writer,
+            producer,
+            arbiter: arbiter.handle(),
+            status: status.clone(),
+            partitions: Mutex::new(HashMap::new()),
+        };
+        let config = consumer_config(settings, group_id);
+        let topic = settings.kafka_topic.clone();
+        let close_timeout = settings.drain_timeout + Duration::from_secs(5);
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("kafka-group".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(GroupError::Thread(error)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let consumer = match config.create_with_context::<_, GroupConsumer>(context) {
+                        Ok(consumer) => Arc::new(consumer),
+                        Err(error) => {
+                            let _ = ready_tx.send(Err(error.into()));
+                            return;
+                        }
+                    };
+                    let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
+                    if let Err(error) = consumer.subscribe(&[&topic]) {
+                        let _ = ready_tx.send(Err(error.into()));
+                        return;
+                    }
+                    let _ = ready_tx.send(Ok(()));
+                    poll_until_shutdown(&consumer, shutdown_rx).await;
+                    leave_group(consumer, close_timeout).await;
+                });
+            })?;
+        ready_rx.recv().map_err(|_| GroupError::Ended)??;
+        Ok(Self {
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+            arbiter,
+            status,
+        })
+    }
+
+    /// What the group's partitions are doing.
+    pub fn status(&self) -> Arc<GroupStatus> {
+        self.status.clone()
+    }
+
+    /// Leaves the group: drains every partition consumer (their batches in
+    /// flight commit and are acknowledged), then closes the consumer.
+    pub async fn stop(mut self) {
+        self.stop_now().await;
+    }
+
+    async fn stop_now(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!("the consumer thread ended abnormally");
+            }
+        }
+        self.arbiter.stop();
+    }
+}
+
+impl Drop for ConsumerGroup {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+async fn poll_until_shutdown(consumer: &GroupConsumer, mut shutdown: oneshot::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            message = consumer.recv() => match message {
+                // Cannot happen: every assigned partition is split before it
+                // is assigned. Logged loudly should librdkafka ever change.
+                Ok(message) => {
+                    use rdkafka::Message;
+                    tracing::error!(partition = message.partition(), offset = message.offset(), "record arrived on the group queue instead of its partition queue");
+                }
+                Err(error) => tracing::warn!(%error, "consumer error"),
+            },
+        }
+    }
+}
+
+async fn leave_group(consumer: Arc<GroupConsumer>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    consumer.unsubscribe();
+    // Serve the revocation that unsubscribing triggers; it drains every
+    // partition consumer.
+    while Instant::now() < deadline && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+    }
+    // The partition consumers hold the consumer too; wait for them to let go
+    // so that the close below runs on this thread.
+    while Instant::now() < deadline && Arc::strong_count(&consumer) > 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(consumer);
+    tracing::info!("left the consumer group");
+}

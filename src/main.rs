@@ -1,0 +1,57 @@
+//! The `chronolog` binary: parses the command line, starts logging and runs
+//! the chosen subcommand.
+
+use clap::{Parser, Subcommand};
+
+use chronolog::config::{LogSettings, Role, Settings};
+use chronolog::startup::Application;
+
+/// chronolog: HTTP commands into Kafka, projected into PostgreSQL, queried over HTTP.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    log: LogSettings,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the service: every role, or those given with --role.
+    Serve {
+        #[command(flatten)]
+        settings: Settings,
+        /// A role to run (repeatable, or comma separated in CHRONOLOG_ROLES); all when absent.
+        #[arg(
+            long = "role",
+            env = "CHRONOLOG_ROLES",
+            value_name = "CHRONOLOG_ROLES",
+            value_enum,
+            value_delimiter = ','
+        )]
+        roles: Vec<Role>,
+    },
+    /// Applies the embedded database migrations and exits.
+    Migrate {
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    chronolog::telemetry::init(&cli.log)?;
+    actix_rt::System::new().block_on(async move {
+        match cli.command {
+            Command::Serve { settings, roles } => {
+                let app = Application::build(&settings, &roles).await?;
+                app.run_until_signal().await
+            }
+            Command::Migrate { settings } => {
+                chronolog::db::run_migrations(&settings.database_url).await?;
+                Ok(())
+            }
+        }
+    })
+}

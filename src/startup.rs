@@ -1,0 +1,185 @@
+//! Builds and runs the roles of one process. `main` and the integration
+//! tests use the same builder; tests bind every address to port 0.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::{Addr, Supervisor};
+use anyhow::Context as _;
+
+use crate::actors::db_writer::DbWriter;
+use crate::actors::ingestion::Ingestion;
+use crate::actors::producer::KafkaProducer;
+use crate::config::{Role, Settings};
+use crate::http::ops::{BrokerProbe, Readiness};
+use crate::http::{self, RunningServer};
+use crate::kafka::admin;
+use crate::kafka::group::ConsumerGroup;
+
+/// A running chronolog process: some or all of its roles.
+pub struct Application {
+    command: Option<RunningServer>,
+    query: Option<RunningServer>,
+    consumer_ops: Option<RunningServer>,
+    group: Option<ConsumerGroup>,
+    producer: Option<Addr<KafkaProducer>>,
+}
+
+impl Application {
+    /// Starts `roles` (all when empty) with `settings`. Must run inside an
+    /// actix system. Applies migrations for roles that use the database and
+    /// creates the topics for roles that use the broker.
+    pub async fn build(settings: &Settings, roles: &[Role]) -> anyhow::Result<Self> {
+        let roles: HashSet<Role> = if roles.is_empty() {
+            Role::ALL.into_iter().collect()
+        } else {
+            roles.iter().copied().collect()
+        };
+        let has = |role| roles.contains(&role);
+        let uses_db = has(Role::Consumer) || has(Role::Query);
+        let uses_broker = has(Role::Command) || has(Role::Consumer);
+
+        if uses_db {
+            crate::db::run_migrations(&settings.database_url)
+                .await
+                .context("DATABASE_URL: cannot prepare the database")?;
+        }
+        if uses_broker {
+            admin::ensure_topics(settings)
+                .await
+                .context("KAFKA_BROKERS: cannot prepare the topics")?;
+        }
+        let broker = if uses_broker {
+            Some(Arc::new(
+                BrokerProbe::new(settings).context("KAFKA_BROKERS")?,
+            ))
+        } else {
+            None
+        };
+        let producer = if uses_broker {
+            let actor = KafkaProducer::new(settings.clone())
+                .context("KAFKA_BROKERS: cannot create the producer")?;
+            Some(Supervisor::start(move |_| actor))
+        } else {
+            None
+        };
+
+        let mut app = Self {
+            command: None,
+            query: None,
+            consumer_ops: None,
+            group: None,
+            producer: producer.clone(),
+        };
+
+        let mut readiness = Readiness {
+            broker: broker.clone(),
+            ..Readiness::default()
+        };
+        if let (true, Some(producer)) = (has(Role::Consumer), &producer) {
+            let (url, size) = (settings.database_url.clone(), settings.database_pool_size);
+            let writer = Supervisor::start(move |_| DbWriter::new(url, size));
+            let group =
+                ConsumerGroup::start(settings, &settings.kafka_group_id, writer, producer.clone())
+                    .context("cannot join the consumer group")?;
+            readiness.partitions = Some(group.status());
+            app.group = Some(group);
+        }
+        if uses_db {
+            readiness.database = Some(crate::db::pool(
+                &settings.database_url,
+                settings.database_pool_size,
+            ));
+        }
+
+        if let (true, Some(producer)) = (has(Role::Command), &producer) {
+            let producer = producer.clone();
+            let ingestion =
+                actix_web::web::Data::new(Supervisor::start(move |_| Ingestion::new(producer)));
+            let ready = readiness.clone();
+            let mut server = http::bind(settings.command_addr, "command", move |cfg| {
+                cfg.app_data(ingestion.clone())
+                    .app_data(actix_web::web::Data::new(ready.clone()))
+                    .configure(http::command::routes);
+            })
+            .with_context(|| format!("COMMAND_ADDR: cannot listen on {}", settings.command_addr))?;
+            server.spawn();
+            app.command = Some(server);
+        }
+        if has(Role::Query) {
+            let pool = actix_web::web::Data::new(crate::db::pool(
+                &settings.database_url,
+                settings.database_pool_size,
+            ));
+            let ready = readiness.clone();
+            let mut server = http::bind(settings.query_addr, "query", move |cfg| {
+                cfg.app_data(pool.clone())
+                    .app_data(actix_web::web::Data::new(ready.clone()))
+                    .configure(http::query::routes);
+            })
+            .with_context(|| format!("QUERY_ADDR: cannot listen on {}", settings.query_addr))?;
+            server.spawn();
+            app.query = Some(server);
+        }
+        if roles.len() == 1 && has(Role::Consumer) {
+            let ready = readiness.clone();
+            let mut server = http::bind(settings.consumer_addr, "consumer", move |cfg| {
+                cfg.app_data(actix_web::web::Data::new(ready.clone()));
+            })
+            .with_context(|| {
+                format!("CONSUMER_ADDR: cannot listen on {}", settings.consumer_addr)
+            })?;
+            server.spawn();
+            app.consumer_ops = Some(server);
+        }
+        Ok(app)
+    }
+
+    /// Address of the command API, when this process runs the command role.
+    pub fn command_addr(&self) -> Option<SocketAddr> {
+        self.command.as_ref().map(|s| s.addr)
+    }
+
+    /// Address of the query API, when this process runs the query role.
+    pub fn query_addr(&self) -> Option<SocketAddr> {
+        self.query.as_ref().map(|s| s.addr)
+    }
+
+    /// Address of the consumer's operations endpoints, in a consumer-only process.
+    pub fn consumer_addr(&self) -> Option<SocketAddr> {
+        self.consumer_ops.as_ref().map(|s| s.addr)
+    }
+
+    /// Stops gracefully: no new commands are taken, commands in flight get
+    /// their answer, the consumer drains and commits, the producer flushes.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.command.take() {
+            server.handle.stop(true).await;
+        }
+        if let Some(group) = self.group.take() {
+            group.stop().await;
+        }
+        for server in [self.query.take(), self.consumer_ops.take()]
+            .into_iter()
+            .flatten()
+        {
+            server.handle.stop(true).await;
+        }
+        // Dropping the last address stops the producer actor, which flushes.
+        self.producer.take();
+        tracing::info!("stopped");
+    }
+
+    /// Runs until SIGINT or SIGTERM, then stops gracefully.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, stopping"),
+            _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
+        }
+        self.stop().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,353 @@
+//! Test plumbing: a fresh database and topic per test, chronolog started on
+//! port 0 against them, and helpers to talk to it, to the broker and to the
+//! view directly.
+//!
+//! The real servers come from the environment: `DATABASE_URL` (a PostgreSQL
+//! server's maintenance database) and `KAFKA_BROKERS`, as exported by
+//! `scripts/with-deps.sh`.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use chronolog::config::{Role, Settings};
+use chronolog::startup::Application;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use uuid::Uuid;
+
+/// Longest a test waits for something that should happen.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests through scripts/with-deps.sh (or scripts/test.sh)")
+    })
+}
+
+/// Logs of the application under test, shown when `TEST_LOG` is set.
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(std::env::var("TEST_LOG").unwrap_or_default())
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// The broker every test uses.
+pub fn brokers() -> String {
+    required_env("KAFKA_BROKERS")
+}
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", Uuid::new_v4().simple())
+}
+
+/// Creates an empty database on the test server and returns its URL.
+pub async fn create_database() -> String {
+    let admin = required_env("DATABASE_URL");
+    let name = format!("chronolog_test_{}", Uuid::new_v4().simple());
+    let mut conn = AsyncPgConnection::establish(&admin)
+        .await
+        .expect("cannot connect to the test PostgreSQL");
+    diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .expect("cannot create the test database");
+    let (server, _) = admin
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database path");
+    format!("{server}/{name}")
+}
+
+/// Settings for a test: fresh topic and group, ephemeral ports, short timeouts.
+pub fn settings(database_url: &str) -> Settings {
+    let topic = unique("chronolog-test");
+    let any_port: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+    Settings {
+        kafka_brokers: brokers(),
+        kafka_group_id: format!("{topic}-projector"),
+        kafka_topic: topic,
+        kafka_partitions: 3,
+        delivery_timeout: Duration::from_secs(10),
+        database_url: database_url.to_owned(),
+        database_pool_size: 4,
+        batch_max_records: 500,
+        command_addr: any_port,
+        query_addr: any_port,
+        consumer_addr: any_port,
+        drain_timeout: Duration::from_secs(10),
+    }
+}
+
+/// chronolog running against a fresh database and topic.
+pub struct TestApp {
+    /// The settings it runs with.
+    pub settings: Settings,
+    /// The process' roles (all of them unless a test split them).
+    pub app: Option<Application>,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    command: Option<SocketAddr>,
+    query: Option<SocketAddr>,
+}
+
+impl TestApp {
+    /// Every role in one process, as `chronolog serve` runs them.
+    pub async fn spawn() -> Self {
+        let database_url = create_database().await;
+        Self::spawn_with(settings(&database_url), &[]).await
+    }
+
+    /// The given roles with the given settings.
+    pub async fn spawn_with(settings: Settings, roles: &[Role]) -> Self {
+        init_logs();
+        let app = Application::build(&settings, roles)
+            .await
+            .expect("chronolog starts");
+        Self {
+            command: app.command_addr(),
+            query: app.query_addr(),
+            settings,
+            app: Some(app),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Base URL of the command API.
+    pub fn command_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.command.expect("this app runs the command role")
+        )
+    }
+
+    /// Base URL of the query API.
+    pub fn query_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.query.expect("this app runs the query role")
+        )
+    }
+
+    /// `POST /api/v1/timestamp[/{ts}]`, with a correlation id when given.
+    pub async fn post(
+        &self,
+        timestamp: Option<&str>,
+        correlation_id: Option<&str>,
+    ) -> reqwest::Response {
+        let url = match timestamp {
+            Some(ts) => format!("{}/api/v1/timestamp/{ts}", self.command_url()),
+            None => format!("{}/api/v1/timestamp", self.command_url()),
+        };
+        let mut request = self.http.post(url);
+        if let Some(id) = correlation_id {
+            request = request.header("correlationId", id);
+        }
+        request.send().await.expect("the command API answers")
+    }
+
+    /// Posts and returns the id of the accepted command; fails unless 202.
+    pub async fn accept(&self, timestamp: Option<&str>) -> Uuid {
+        let response = self.post(timestamp, None).await;
+        assert_eq!(response.status().as_u16(), 202, "POST {timestamp:?}");
+        let body: serde_json::Value = response.json().await.expect("JSON body");
+        body["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .expect("an id")
+    }
+
+    /// `GET /api/v1/timestamp/{id}`.
+    pub async fn get(&self, id: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}/api/v1/timestamp/{id}", self.query_url()))
+            .send()
+            .await
+            .expect("the query API answers")
+    }
+
+    /// Polls the query API until the record is visible; returns its JSON.
+    pub async fn wait_visible(&self, id: Uuid) -> serde_json::Value {
+        eventually(&format!("record {id} visible"), || async move {
+            let response = self.get(&id.to_string()).await;
+            match response.status().as_u16() {
+                200 => Some(response.json().await.expect("JSON body")),
+                404 => None,
+                other => panic!("unexpected status {other} for {id}"),
+            }
+        })
+        .await
+    }
+
+    /// Every id in the view, with duplicates if there were any (there
+    /// cannot be: the id is the primary key, so a count is compared too).
+    pub async fn row_ids(&self) -> Vec<Uuid> {
+        row_ids(&self.settings.database_url).await
+    }
+
+    /// Stops every role gracefully.
+    pub async fn stop(mut self) {
+        if let Some(app) = self.app.take() {
+            app.stop().await;
+        }
+    }
+}
+
+/// Every id in the view at `database_url`.
+pub async fn row_ids(database_url: &str) -> Vec<Uuid> {
+    use chronolog::db::schema::timestamp_records::dsl::*;
+    let mut conn = AsyncPgConnection::establish(database_url)
+        .await
+        .expect("view reachable");
+    timestamp_records
+        .select(id)
+        .load(&mut conn)
+        .await
+        .expect("view readable")
+}
+
+/// Polls `check` every 50 ms until it yields a value; panics after [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the view holds exactly `expected` (and nothing else).
+pub async fn wait_for_exact_ids(database_url: &str, expected: &HashSet<Uuid>) {
+    let ids = eventually("the view to hold every accepted id", || async {
+        let ids = row_ids(database_url).await;
+        (ids.len() >= expected.len()).then_some(ids)
+    })
+    .await;
+    let unique: HashSet<Uuid> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), unique.len(), "an id is in the view twice");
+    let missing: Vec<_> = expected.difference(&unique).collect();
+    let extra: Vec<_> = unique.difference(expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, unexpected {extra:?}"
+    );
+}
+
+/// Produces one raw record straight to the broker.
+pub async fn produce_raw(
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&str>,
+    value: &[u8],
+    correlation_id: Option<&str>,
+) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    let mut record = FutureRecord::<str, [u8]>::to(topic).payload(value);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
+    if let Some(id) = correlation_id {
+        record = record.headers(OwnedHeaders::new().insert(Header {
+            key: "correlationId",
+            value: Some(id),
+        }));
+    }
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("record produced");
+}
+
+/// Every record of `topic`, read from the beginning up to the high watermarks.
+pub async fn read_topic(topic: &str) -> Vec<OwnedMessage> {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", unique("inspector"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .expect("metadata");
+        let partitions: Vec<i32> = metadata.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| p.id())
+            .collect();
+        let mut assignment = TopicPartitionList::new();
+        let mut remaining = 0;
+        for &p in &partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            remaining += high - low;
+            assignment
+                .add_partition_offset(&topic, p, Offset::Beginning)
+                .expect("assignable");
+        }
+        consumer.assign(&assignment).expect("assigned");
+        let mut records = Vec::new();
+        let started = Instant::now();
+        while remaining > 0 {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "could not read {topic} to its end"
+            );
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                records.push(message.expect("readable record").detach());
+                remaining -= 1;
+            }
+        }
+        records
+    })
+    .await
+    .expect("reader thread")
+}
+
+/// The partition a record is in, its key and value as text, and its correlation header.
+pub fn describe(message: &OwnedMessage) -> (i32, String, String, Option<String>) {
+    use rdkafka::message::Headers;
+    let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
+    let header = message.headers().and_then(|hs| {
+        hs.iter()
+            .find(|h| h.key == "correlationId")
+            .map(|h| text(h.value))
+    });
+    (
+        message.partition(),
+        text(message.key()),
+        text(message.payload()),
+        header,
+    )
+}

@@ -1,0 +1,11 @@
+//! Integration tests against a real PostgreSQL and a real Kafka-protocol
+//! broker (tansu), each test with its own database and topic.
+
+// A failed expectation in a test is a panic by design.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod binary;
+mod command;
+mod helpers;
+mod pipeline;
+mod query;

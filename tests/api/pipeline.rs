@@ -1,0 +1,166 @@
+//! The whole pipeline under load and across consumer restarts: every
+//! accepted id ends up in the view exactly once.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chronolog::config::Role;
+use chronolog::startup::Application;
+use futures::StreamExt;
+use rdkafka::mocking::MockCluster;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{
+    TestApp, create_database, eventually, produce_raw, row_ids, settings, wait_for_exact_ids,
+};
+
+/// Posts `count` commands, `concurrency` at a time; returns the accepted ids.
+async fn post_many(app: &TestApp, count: usize, accepted: Arc<AtomicUsize>) -> HashSet<Uuid> {
+    let client = app.http.clone();
+    let url = format!(
+        "{}/api/v1/timestamp/2009-09-28T19:03:12Z",
+        app.command_url()
+    );
+    futures::stream::iter(0..count)
+        .map(|_| {
+            let (client, url, accepted) = (client.clone(), url.clone(), accepted.clone());
+            async move {
+                let response = client.post(url).send().await.expect("command API answers");
+                assert_eq!(response.status().as_u16(), 202);
+                let body: serde_json::Value = response.json().await.expect("JSON");
+                accepted.fetch_add(1, Ordering::SeqCst);
+                Uuid::parse_str(body["id"].as_str().expect("id")).expect("uuid")
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await
+}
+
+#[actix_rt::test]
+async fn a_thousand_and_one_commands_become_exactly_those_rows() {
+    let app = TestApp::spawn().await;
+    let ids = post_many(&app, 1001, Arc::default()).await;
+    assert_eq!(ids.len(), 1001, "every accepted id is fresh");
+    wait_for_exact_ids(&app.settings.database_url, &ids).await;
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_record_delivered_twice_is_one_row_and_is_not_overwritten() {
+    let app = TestApp::spawn().await;
+    let topic = app.settings.kafka_topic.clone();
+    let id = Uuid::new_v4().to_string();
+    let original = format!(r#"{{"command_id":"{id}","event_timestamp":"2009-09-28T19:03:12Z"}}"#);
+    produce_raw(&topic, Some(0), Some(&id), original.as_bytes(), None).await;
+    let first = app.wait_visible(id.parse().unwrap()).await;
+
+    // The same record again, and a conflicting one with the same id.
+    produce_raw(&topic, Some(0), Some(&id), original.as_bytes(), None).await;
+    let conflicting =
+        format!(r#"{{"command_id":"{id}","event_timestamp":"2020-01-01T00:00:00Z"}}"#);
+    produce_raw(&topic, Some(0), Some(&id), conflicting.as_bytes(), None).await;
+    // Order within a partition: once this one is visible, both were applied.
+    let sentinel = Uuid::new_v4();
+    let sentinel_value =
+        format!(r#"{{"command_id":"{sentinel}","event_timestamp":"2009-09-28T19:03:12Z"}}"#);
+    produce_raw(
+        &topic,
+        Some(0),
+        Some(&sentinel.to_string()),
+        sentinel_value.as_bytes(),
+        None,
+    )
+    .await;
+    app.wait_visible(sentinel).await;
+
+    let again = app.wait_visible(id.parse().unwrap()).await;
+    assert_eq!(again, first, "the first version stays, created_at included");
+    assert_eq!(again["event_timestamp"], json!("2009-09-28T19:03:12Z"));
+    let mut ids = app.row_ids().await;
+    ids.sort();
+    let mut expected = vec![id.parse().unwrap(), sentinel];
+    expected.sort();
+    assert_eq!(ids, expected);
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn stopping_the_consumer_mid_stream_and_starting_it_again_loses_and_doubles_nothing() {
+    let database_url = create_database().await;
+    let settings = settings(&database_url);
+    let front = TestApp::spawn_with(settings.clone(), &[Role::Command, Role::Query]).await;
+    let consumer = Application::build(&settings, &[Role::Consumer])
+        .await
+        .expect("consumer starts");
+
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let stream = post_many(&front, 1500, accepted.clone());
+    let restart = async {
+        // Stop once the consumer has projected part of the stream.
+        eventually("some rows projected", || async {
+            (row_ids(&database_url).await.len() >= 200).then_some(())
+        })
+        .await;
+        consumer.stop().await;
+        let projected_when_stopped = row_ids(&database_url).await.len();
+        let accepted_when_stopped = accepted.load(Ordering::SeqCst);
+        // Let commands pile up in the log while no consumer runs.
+        eventually("more commands accepted", || async {
+            (accepted.load(Ordering::SeqCst) >= accepted_when_stopped + 300).then_some(())
+        })
+        .await;
+        assert_eq!(
+            row_ids(&database_url).await.len(),
+            projected_when_stopped,
+            "nothing is projected while the consumer is stopped"
+        );
+        Application::build(&settings, &[Role::Consumer])
+            .await
+            .expect("consumer restarts")
+    };
+    let (ids, restarted) = futures::join!(stream, restart);
+    assert_eq!(ids.len(), 1500);
+    wait_for_exact_ids(&database_url, &ids).await;
+    restarted.stop().await;
+    front.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_command_the_broker_does_not_acknowledge_is_503_never_202() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let mut settings = settings(&create_database().await);
+    settings.kafka_brokers = mock.bootstrap_servers();
+    settings.delivery_timeout = std::time::Duration::from_secs(1);
+    for topic in [settings.kafka_topic.clone(), settings.dead_letter_topic()] {
+        mock.create_topic(&topic, 3, 1).expect("topic");
+    }
+    let app = TestApp::spawn_with(settings, &[Role::Command]).await;
+    app.accept(Some("2009-09-28T19:03:12Z")).await;
+
+    mock.broker_down(1).expect("broker down");
+    let started = std::time::Instant::now();
+    let response = app.post(Some("2009-09-28T19:03:12Z"), None).await;
+    let took = started.elapsed();
+    assert_eq!(response.status().as_u16(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], json!("unavailable"));
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "answered within the delivery timeout, took {took:?}"
+    );
+
+    mock.broker_up(1).expect("broker up");
+    eventually("ingestion resumes after the broker is back", || async {
+        (app.post(Some("2009-09-28T19:03:12Z"), None)
+            .await
+            .status()
+            .as_u16()
+            == 202)
+            .then_some(())
+    })
+    .await;
+    app.stop().await;
+}
