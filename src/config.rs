@@ -28,6 +28,22 @@ pub struct Settings {
     #[arg(long, env = "KAFKA_PARTITIONS", value_name = "KAFKA_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub kafka_partitions: i32,
 
+    /// How long the group waits for a silent member (a crashed process) before
+    /// giving its partitions to the others.
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT", value_name = "KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub kafka_session_timeout: Duration,
+
+    /// Static group membership (`group.instance.id`): a restarted process with
+    /// the same id takes its predecessor's partitions back without waiting for
+    /// the session timeout. Must be unique per running process. Empty: dynamic.
+    #[arg(
+        long,
+        env = "KAFKA_GROUP_INSTANCE_ID",
+        value_name = "KAFKA_GROUP_INSTANCE_ID",
+        default_value = ""
+    )]
+    pub kafka_group_instance_id: String,
+
     /// How long the broker has to acknowledge a command before the request is answered 503.
     #[arg(long, env = "DELIVERY_TIMEOUT", value_name = "DELIVERY_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub delivery_timeout: Duration,

@@ -13,5 +13,6 @@ pub mod domain;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod rebuild;
 pub mod startup;
 pub mod telemetry;

@@ -37,6 +37,15 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Replays the whole log into --database-url with a fresh consumer group
+    /// and exits once caught up with the high watermarks taken at its start.
+    Rebuild {
+        #[command(flatten)]
+        settings: Settings,
+        /// Consumer group of the replay; default `<KAFKA_GROUP_ID>-rebuild-<unix seconds>`.
+        #[arg(long, value_name = "GROUP_ID")]
+        group_id: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +59,14 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Migrate { settings } => {
                 chronolog::db::run_migrations(&settings.database_url).await?;
+                Ok(())
+            }
+            Command::Rebuild { settings, group_id } => {
+                let group_id = group_id.unwrap_or_else(|| {
+                    let now = chrono::Utc::now().timestamp();
+                    format!("{}-rebuild-{now}", settings.kafka_group_id)
+                });
+                chronolog::rebuild::rebuild(&settings, &group_id).await?;
                 Ok(())
             }
         }

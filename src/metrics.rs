@@ -42,6 +42,8 @@ pub struct Metrics {
     pub db_transaction_seconds: Histogram,
     /// Rows inserted into the view (a redelivered record inserts none).
     pub db_rows_written: IntCounter,
+    /// Records skipped because the view already held their offsets (redeliveries).
+    pub db_records_skipped: IntCounter,
     /// Records per projected batch.
     pub db_batch_size: Histogram,
     /// 1 while a partition retries a failed transaction, else 0.
@@ -153,6 +155,10 @@ impl Metrics {
                 "db_rows_written_total",
                 "Rows inserted into the view; a redelivered record inserts none.",
             )?,
+            db_records_skipped: IntCounter::new(
+                "db_records_skipped_total",
+                "Records skipped because the view already held their offsets (redeliveries).",
+            )?,
             db_batch_size: Histogram::with_opts(
                 HistogramOpts::new("db_batch_size_records", "Records per projected batch.")
                     .buckets(exponential_buckets(1.0, 2.0, 16).unwrap_or_default()),
@@ -193,6 +199,7 @@ impl Metrics {
         r.register(Box::new(self.db_transactions.clone()))?;
         r.register(Box::new(self.db_transaction_seconds.clone()))?;
         r.register(Box::new(self.db_rows_written.clone()))?;
+        r.register(Box::new(self.db_records_skipped.clone()))?;
         r.register(Box::new(self.db_batch_size.clone()))?;
         r.register(Box::new(self.partition_blocked.clone()))?;
         r.register(Box::new(self.dead_letters.clone()))?;

@@ -80,9 +80,13 @@ impl Application {
         if let (true, Some(producer)) = (has(Role::Consumer), &producer) {
             let (url, size) = (settings.database_url.clone(), settings.database_pool_size);
             let writer = Supervisor::start(move |_| DbWriter::new(url, size));
-            let group =
-                ConsumerGroup::start(settings, &settings.kafka_group_id, writer, producer.clone())
-                    .context("cannot join the consumer group")?;
+            let group = ConsumerGroup::start(
+                settings,
+                &settings.kafka_group_id,
+                writer,
+                Some(producer.clone()),
+            )
+            .context("cannot join the consumer group")?;
             readiness.partitions = Some(group.status());
             app.group = Some(group);
         }
@@ -154,18 +158,24 @@ impl Application {
     /// Stops gracefully: no new commands are taken, commands in flight get
     /// their answer, the consumer drains and commits, the producer flushes.
     pub async fn stop(mut self) {
-        if let Some(server) = self.command.take() {
-            server.handle.stop(true).await;
-        }
-        if let Some(group) = self.group.take() {
-            group.stop().await;
-        }
-        for server in [self.query.take(), self.consumer_ops.take()]
-            .into_iter()
-            .flatten()
-        {
-            server.handle.stop(true).await;
-        }
+        // The servers wait for their requests in flight (commands get their
+        // delivery report) and their idle keep-alive connections; the group
+        // drains meanwhile.
+        let servers: Vec<_> = [
+            self.command.take(),
+            self.query.take(),
+            self.consumer_ops.take(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let stop_servers = futures::future::join_all(servers.iter().map(|s| s.handle.stop(true)));
+        let stop_group = async {
+            if let Some(group) = self.group.take() {
+                group.stop().await;
+            }
+        };
+        futures::join!(stop_servers, stop_group);
         // Dropping the last address stops the producer actor, which flushes.
         self.producer.take();
         tracing::info!("stopped");

@@ -136,6 +136,7 @@ pub async fn write_batch(pool: Pool, msg: WriteBatch) -> Result<BatchCommitted, 
         Ok(applied) => {
             m.db_transactions.with_label_values(&["committed"]).inc();
             m.db_rows_written.inc_by(applied.inserted as u64);
+            m.db_records_skipped.inc_by(applied.skipped as u64);
             m.db_batch_size.observe(msg.records.len() as f64);
             Ok(BatchCommitted { applied })
         }

@@ -20,9 +20,9 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use rdkafka::Message as _;
-use rdkafka::Offset;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -49,8 +49,8 @@ pub struct PartitionDeps {
     pub consumer: Arc<GroupConsumer>,
     /// Applies batches.
     pub writer: Addr<DbWriter>,
-    /// Publishes dead letters.
-    pub producer: Addr<KafkaProducer>,
+    /// Publishes dead letters; `None` skips them (a rebuild).
+    pub producer: Option<Addr<KafkaProducer>>,
     /// Shared readiness state of the group.
     pub status: Arc<GroupStatus>,
     /// Most records per batch.
@@ -402,18 +402,17 @@ impl PartitionRun {
             .await?;
         let next = committed.applied.next_offset;
         self.committed.store(next, Ordering::Release);
-        if let Err(error) =
-            self.deps
-                .consumer
-                .store_offset(&self.key.topic, self.key.partition, next)
-        {
+        // `store_offsets` stores the offset as given: the next one to read.
+        // (`store_offset` would store `next + 1` and skip a record.)
+        let mut acknowledged = TopicPartitionList::new();
+        let stored = acknowledged
+            .add_partition_offset(&self.key.topic, self.key.partition, Offset::Offset(next))
+            .and_then(|()| self.deps.consumer.store_offsets(&acknowledged));
+        if let Err(error) = stored {
             // The partition was revoked meanwhile; the view holds the offset.
             tracing::debug!(%error, "offset not stored in Kafka");
         }
-        metrics()
-            .committed_offset
-            .with_label_values(&[&self.key.topic, &self.key.partition.to_string()])
-            .set(next);
+        self.deps.status.set_committed(&self.key, next);
         for (command_id, offset, correlation_id) in correlation {
             tracing::info!(%command_id, offset, correlation_id = correlation_id.as_deref().unwrap_or(""), "record projected");
         }
@@ -441,8 +440,17 @@ impl PartitionRun {
             .find(|(k, _)| k == "dlq.error")
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default();
+        let Some(producer) = &self.deps.producer else {
+            tracing::warn!(
+                offset,
+                reason,
+                error,
+                "undecodable record skipped; the live consumer dead-letters it"
+            );
+            return Ok(());
+        };
         self.retry("publish dead letter", stop, || {
-            let producer = self.deps.producer.clone();
+            let producer = producer.clone();
             let msg = PublishDeadLetter {
                 key: dead_letter.key.clone(),
                 value: dead_letter.value.clone(),

@@ -91,10 +91,6 @@ impl KafkaProducer {
             client: Some(client),
         })
     }
-
-    fn topic(&self) -> String {
-        self.settings.kafka_topic.clone()
-    }
 }
 
 impl Actor for KafkaProducer {
@@ -147,11 +143,13 @@ impl Handler<PublishCommand> for KafkaProducer {
         });
         let send = publish(
             self.client.clone(),
-            self.topic(),
-            key.into_bytes(),
-            Some(value),
-            headers,
-            "command",
+            Outgoing {
+                topic: self.settings.kafka_topic.clone(),
+                key: Some(key.into_bytes()),
+                value: Some(value),
+                headers,
+                kind: "command",
+            },
             self.settings.delivery_timeout,
         );
         let fut = metrics::observe(ACTOR, "PublishCommand", send).instrument(span);
@@ -169,14 +167,15 @@ impl Handler<PublishDeadLetter> for KafkaProducer {
                 value: Some(v.as_slice()),
             })
         });
-        let topic = self.settings.dead_letter_topic();
         let send = publish(
             self.client.clone(),
-            topic,
-            msg.key.unwrap_or_default(),
-            msg.value,
-            headers,
-            "dead_letter",
+            Outgoing {
+                topic: self.settings.dead_letter_topic(),
+                key: msg.key,
+                value: msg.value,
+                headers,
+                kind: "dead_letter",
+            },
             self.settings.delivery_timeout,
         );
         Box::pin(
@@ -199,20 +198,30 @@ fn stop_on_fatal(
     result
 }
 
+/// A record on its way to the broker.
+struct Outgoing {
+    topic: String,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: OwnedHeaders,
+    /// `command` or `dead_letter`, for the counter.
+    kind: &'static str,
+}
+
 /// Sends one record and waits for the broker's acknowledgement.
 async fn publish(
     client: Option<Client>,
-    topic: String,
-    key: Vec<u8>,
-    value: Option<Vec<u8>>,
-    headers: OwnedHeaders,
-    kind: &'static str,
+    outgoing: Outgoing,
     delivery_timeout: Duration,
 ) -> Result<Delivered, ProduceError> {
     let m = metrics();
+    let kind = outgoing.kind;
     let client = client.ok_or_else(|| ProduceError::Unavailable("no producer".into()))?;
-    let mut record = FutureRecord::to(&topic).key(&key).headers(headers);
-    if let Some(value) = &value {
+    let mut record = FutureRecord::<[u8], [u8]>::to(&outgoing.topic).headers(outgoing.headers);
+    if let Some(key) = &outgoing.key {
+        record = record.key(key);
+    }
+    if let Some(value) = &outgoing.value {
         record = record.payload(value);
     }
     let started = Instant::now();

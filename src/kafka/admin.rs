@@ -2,6 +2,7 @@
 //! need it; brokers that do not answer CreateTopics (librdkafka's mock
 //! cluster) must not stop the start: a timeout is logged and start carries on.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -100,4 +101,25 @@ async fn ensure_topic(settings: &Settings, topic: &str) -> Result<(), AdminError
             Ok(())
         }
     }
+}
+
+/// Low and high watermarks of every partition of `topic`.
+/// Blocking: call from a blocking thread.
+pub fn watermarks(
+    settings: &Settings,
+    topic: &str,
+) -> Result<BTreeMap<i32, (i64, i64)>, KafkaError> {
+    let client: BaseConsumer<TracingContext> =
+        base_config(settings).create_with_context(TracingContext)?;
+    let metadata = client.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    partitions
+        .into_iter()
+        .map(|p| Ok((p, client.fetch_watermarks(topic, p, METADATA_TIMEOUT)?)))
+        .collect()
 }

@@ -12,7 +12,7 @@
 //!   acknowledge the batch in flight — and waits for them (bounded by
 //!   `DRAIN_TIMEOUT`) before the partitions are given up.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -50,6 +50,7 @@ const OFFSET_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct GroupStatus {
     assigned: Mutex<BTreeSet<i32>>,
     blocked: Mutex<BTreeSet<i32>>,
+    committed: Mutex<BTreeMap<i32, i64>>,
 }
 
 impl GroupStatus {
@@ -76,6 +77,22 @@ impl GroupStatus {
             .unwrap_or_default()
     }
 
+    /// Records that `partition`'s next offset is durable in the view.
+    pub fn set_committed(&self, key: &PartitionKey, next_offset: i64) {
+        if let Ok(mut map) = self.committed.lock() {
+            map.insert(key.partition, next_offset);
+        }
+        metrics()
+            .committed_offset
+            .with_label_values(&[&key.topic, &key.partition.to_string()])
+            .set(next_offset);
+    }
+
+    /// The next offset durable in the view per partition this process has committed.
+    pub fn committed(&self) -> BTreeMap<i32, i64> {
+        self.committed.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
     /// Partitions currently assigned to this process.
     pub fn assigned(&self) -> Vec<i32> {
         self.assigned
@@ -99,7 +116,7 @@ pub struct GroupContext {
     batch_max: usize,
     drain_timeout: Duration,
     writer: Addr<DbWriter>,
-    producer: Addr<KafkaProducer>,
+    producer: Option<Addr<KafkaProducer>>,
     arbiter: ArbiterHandle,
     status: Arc<GroupStatus>,
     partitions: Mutex<HashMap<i32, Addr<PartitionConsumer>>>,
@@ -302,11 +319,14 @@ pub struct ConsumerGroup {
 
 impl ConsumerGroup {
     /// Joins `group_id` on the command topic and starts projecting.
+    /// Records that cannot be decoded go to the dead-letter topic through
+    /// `producer`; without one (a rebuild, replaying records the live
+    /// consumer already dead-lettered) they are logged and skipped.
     pub fn start(
         settings: &Settings,
         group_id: &str,
         writer: Addr<DbWriter>,
-        producer: Addr<KafkaProducer>,
+        producer: Option<Addr<KafkaProducer>>,
     ) -> Result<Self, GroupError> {
         let arbiter = Arbiter::new();
         let status = Arc::new(GroupStatus::default());

@@ -86,7 +86,18 @@ pub fn consumer_config(settings: &Settings, group_id: &str) -> ClientConfig {
         .set("enable.partition.eof", "false")
         // Latency until visible: a fetch returns as soon as one record is there.
         .set("fetch.wait.max.ms", "20")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000");
+        .set(
+            "session.timeout.ms",
+            settings.kafka_session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (settings.kafka_session_timeout.as_millis() / 5)
+                .max(100)
+                .to_string(),
+        );
+    if !settings.kafka_group_instance_id.is_empty() {
+        config.set("group.instance.id", &settings.kafka_group_instance_id);
+    }
     config
 }

@@ -7,6 +7,10 @@
 //! `scripts/with-deps.sh`.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::StreamExt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Once;
@@ -80,6 +84,8 @@ pub fn settings(database_url: &str) -> Settings {
         kafka_group_id: format!("{topic}-projector"),
         kafka_topic: topic,
         kafka_partitions: 3,
+        kafka_session_timeout: Duration::from_secs(10),
+        kafka_group_instance_id: String::new(),
         delivery_timeout: Duration::from_secs(10),
         database_url: database_url.to_owned(),
         database_pool_size: 4,
@@ -121,7 +127,12 @@ impl TestApp {
             query: app.query_addr(),
             settings,
             app: Some(app),
-            http: reqwest::Client::new(),
+            // No idle connections: they would hold the servers' graceful
+            // stop until their keep-alive expires.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("HTTP client"),
         }
     }
 
@@ -229,11 +240,31 @@ where
         if let Some(value) = check().await {
             return value;
         }
+        assert_broker_alive();
         assert!(
             started.elapsed() < DEADLINE,
             "timed out after {DEADLINE:?} waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Fails at once, naming the cause, when the rig's tansu broker has died:
+/// a test waiting on a dead broker would otherwise only time out.
+pub fn assert_broker_alive() {
+    let Ok(pid) = std::env::var("TANSU_PID") else {
+        return;
+    };
+    // A dead child of the rig's shell stays a zombie until the rig reaps it.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+        });
+    if matches!(state, None | Some('Z' | 'X')) {
+        let log = std::env::var("CHRONOLOG_RIG_DIR").unwrap_or_default();
+        panic!("the tansu broker (pid {pid}) has died; see {log}/tansu.log");
     }
 }
 
@@ -261,7 +292,7 @@ pub async fn produce_raw(
     key: Option<&str>,
     value: &[u8],
     correlation_id: Option<&str>,
-) {
+) -> (i32, i64) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("enable.idempotence", "true")
@@ -280,11 +311,12 @@ pub async fn produce_raw(
             value: Some(id),
         }));
     }
-    producer
+    let delivery = producer
         .send(record, Duration::from_secs(10))
         .await
         .map_err(|(e, _)| e)
         .expect("record produced");
+    (delivery.partition, delivery.offset)
 }
 
 /// Every record of `topic`, read from the beginning up to the high watermarks.
@@ -350,4 +382,246 @@ pub fn describe(message: &OwnedMessage) -> (i32, String, String, Option<String>)
         text(message.payload()),
         header,
     )
+}
+
+/// A PostgreSQL server of one test's own, which the test may stop and start.
+pub struct PrivatePostgres {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+fn as_postgres_user(program: &str, args: &[&str]) -> std::process::Command {
+    // PostgreSQL refuses to run as root.
+    if is_root() {
+        let mut command = std::process::Command::new("runuser");
+        command.args(["-u", "postgres", "--", program]).args(args);
+        command
+    } else {
+        let mut command = std::process::Command::new(program);
+        command.args(args);
+        command
+    }
+}
+
+fn run(mut command: std::process::Command) {
+    let output = command.output().expect("command runs");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl PrivatePostgres {
+    /// initdb and start on a free port.
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("chronolog-pg"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        if is_root() {
+            let mut chown = std::process::Command::new("chown");
+            chown.args(["-R", "postgres:", dir.to_str().expect("utf-8 path")]);
+            run(chown);
+        }
+        let data = dir.join("data");
+        run(as_postgres_user(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().expect("utf-8"),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-instructions",
+            ],
+        ));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let pg = Self { dir, port };
+        pg.start_again();
+        pg
+    }
+
+    /// Starts the stopped server on the same port and data.
+    pub fn start_again(&self) {
+        let data = self.dir.join("data");
+        let log = self.dir.join("postgres.log");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        run(as_postgres_user(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().expect("utf-8"),
+                "-l",
+                log.to_str().expect("utf-8"),
+                "-w",
+                "start",
+                "-o",
+                &options,
+            ],
+        ));
+    }
+
+    /// Stops the server at once (`-m immediate`: connections drop as in a crash).
+    pub fn stop(&self) {
+        let data = self.dir.join("data");
+        run(as_postgres_user(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().expect("utf-8"),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        ));
+    }
+
+    /// URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = as_postgres_user(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap_or_default(),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+        )
+        .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Count and order-independent digest of the view: id, event and acceptance time.
+pub async fn view_checksum(database_url: &str) -> (i64, String) {
+    #[derive(QueryableByName)]
+    struct Sum {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        digest: String,
+    }
+    let mut conn = AsyncPgConnection::establish(database_url)
+        .await
+        .expect("view reachable");
+    let sum: Sum = diesel::sql_query(
+        "SELECT count(*) AS n, coalesce(md5(string_agg(id::text || '|' || event_timestamp::text || '|' || created_at::text, ',' ORDER BY id)), '') AS digest FROM timestamp_records",
+    )
+    .get_result(&mut conn)
+    .await
+    .expect("checksum");
+    (sum.n, sum.digest)
+}
+
+/// The `chronolog` binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_chronolog");
+
+/// A child process that is killed when the test ends, passed or not.
+pub struct ChildProcess(std::process::Child);
+
+impl ChildProcess {
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A consumer-only `chronolog serve` process with `settings`.
+pub fn spawn_consumer_process(settings: &Settings) -> ChildProcess {
+    let child = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--role",
+            "consumer",
+            "--consumer-addr",
+            "127.0.0.1:0",
+        ])
+        .env("DATABASE_URL", &settings.database_url)
+        .env("KAFKA_BROKERS", &settings.kafka_brokers)
+        .env("KAFKA_TOPIC", &settings.kafka_topic)
+        .env("KAFKA_GROUP_ID", &settings.kafka_group_id)
+        .env(
+            "KAFKA_SESSION_TIMEOUT",
+            humantime::format_duration(settings.kafka_session_timeout).to_string(),
+        )
+        .env(
+            "LOG_LEVEL",
+            std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdout(process_log(&format!(
+            "consumer-{}",
+            settings.kafka_group_id
+        )))
+        .spawn()
+        .expect("consumer process starts");
+    ChildProcess(child)
+}
+
+/// Where a spawned process logs: a file in the rig's directory, which the
+/// rig keeps when a test fails; nowhere outside the rig.
+fn process_log(name: &str) -> std::process::Stdio {
+    let Some(dir) = std::env::var_os("CHRONOLOG_RIG_DIR") else {
+        return std::process::Stdio::null();
+    };
+    let path = std::path::Path::new(&dir).join(format!("{name}.log"));
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        Ok(file) => file.into(),
+        Err(_) => std::process::Stdio::null(),
+    }
+}
+
+/// Posts `count` commands, `concurrency` at a time; returns the accepted ids.
+pub async fn post_many(app: &TestApp, count: usize, accepted: Arc<AtomicUsize>) -> HashSet<Uuid> {
+    let client = app.http.clone();
+    let url = format!(
+        "{}/api/v1/timestamp/2009-09-28T19:03:12Z",
+        app.command_url()
+    );
+    futures::stream::iter(0..count)
+        .map(|_| {
+            let (client, url, accepted) = (client.clone(), url.clone(), accepted.clone());
+            async move {
+                let response = client.post(url).send().await.expect("command API answers");
+                assert_eq!(response.status().as_u16(), 202);
+                let body: serde_json::Value = response.json().await.expect("JSON");
+                accepted.fetch_add(1, Ordering::SeqCst);
+                Uuid::parse_str(body["id"].as_str().expect("id")).expect("uuid")
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await
 }

@@ -9,3 +9,4 @@ mod command;
 mod helpers;
 mod pipeline;
 mod query;
+mod recovery;

@@ -1,43 +1,19 @@
 //! The whole pipeline under load and across consumer restarts: every
 //! accepted id ends up in the view exactly once.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chronolog::config::Role;
 use chronolog::startup::Application;
-use futures::StreamExt;
 use rdkafka::mocking::MockCluster;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{
-    TestApp, create_database, eventually, produce_raw, row_ids, settings, wait_for_exact_ids,
+    TestApp, create_database, eventually, post_many, produce_raw, row_ids, settings,
+    wait_for_exact_ids,
 };
-
-/// Posts `count` commands, `concurrency` at a time; returns the accepted ids.
-async fn post_many(app: &TestApp, count: usize, accepted: Arc<AtomicUsize>) -> HashSet<Uuid> {
-    let client = app.http.clone();
-    let url = format!(
-        "{}/api/v1/timestamp/2009-09-28T19:03:12Z",
-        app.command_url()
-    );
-    futures::stream::iter(0..count)
-        .map(|_| {
-            let (client, url, accepted) = (client.clone(), url.clone(), accepted.clone());
-            async move {
-                let response = client.post(url).send().await.expect("command API answers");
-                assert_eq!(response.status().as_u16(), 202);
-                let body: serde_json::Value = response.json().await.expect("JSON");
-                accepted.fetch_add(1, Ordering::SeqCst);
-                Uuid::parse_str(body["id"].as_str().expect("id")).expect("uuid")
-            }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await
-}
 
 #[actix_rt::test]
 async fn a_thousand_and_one_commands_become_exactly_those_rows() {

@@ -1,0 +1,183 @@
+//! Disaster recovery: `chronolog rebuild` replays the whole log into a
+//! database with a fresh consumer group, shows progress, and exits once the
+//! view has caught up with the high watermarks taken when it started.
+//!
+//! It is the consumer role with a new group id and a finish line: the same
+//! partition consumers and DB writer, so a rebuilt view is written exactly
+//! as the live one is. Records that cannot be decoded are skipped, not
+//! dead-lettered again (the live consumer did that).
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use actix::Supervisor;
+use anyhow::Context as _;
+
+use crate::actors::db_writer::DbWriter;
+use crate::config::Settings;
+use crate::kafka::admin;
+use crate::kafka::group::ConsumerGroup;
+
+/// How often progress is shown.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// What a finished rebuild did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Records replayed (offsets covered, poison records included).
+    pub records: i64,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// Where the replay stands against its finish line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Records covered by committed offsets.
+    pub done: i64,
+    /// Records between the low and high watermarks at the start.
+    pub total: i64,
+}
+
+impl Progress {
+    /// Progress given the finish line (low, high per partition) and the
+    /// committed next offsets.
+    pub fn measure(targets: &BTreeMap<i32, (i64, i64)>, committed: &BTreeMap<i32, i64>) -> Self {
+        let mut progress = Progress { done: 0, total: 0 };
+        for (partition, &(low, high)) in targets {
+            progress.total += high - low;
+            let next = committed.get(partition).copied().unwrap_or(low);
+            progress.done += next.clamp(low, high) - low;
+        }
+        progress
+    }
+
+    /// Whether every partition reached its high watermark.
+    pub fn finished(&self) -> bool {
+        self.done >= self.total
+    }
+
+    fn line(&self, elapsed: Duration) -> String {
+        let secs = elapsed.as_secs_f64().max(0.001);
+        let rate = self.done as f64 / secs;
+        let percent = if self.total == 0 {
+            100.0
+        } else {
+            100.0 * self.done as f64 / self.total as f64
+        };
+        let eta = if rate > 0.0 {
+            format!("{:.0}s", (self.total - self.done) as f64 / rate)
+        } else {
+            "unknown".into()
+        };
+        format!(
+            "rebuild: {}/{} records ({percent:.1}%), {rate:.0} records/s, ETA {eta}",
+            self.done, self.total
+        )
+    }
+}
+
+/// Replays the command topic into `settings.database_url` with consumer
+/// group `group_id`, printing progress to stderr.
+pub async fn rebuild(settings: &Settings, group_id: &str) -> anyhow::Result<RebuildReport> {
+    let started = Instant::now();
+    crate::db::run_migrations(&settings.database_url)
+        .await
+        .context("DATABASE_URL: cannot prepare the target database")?;
+    let targets = {
+        let (owned, topic) = (settings.clone(), settings.kafka_topic.clone());
+        tokio::task::spawn_blocking(move || admin::watermarks(&owned, &topic))
+            .await?
+            .with_context(|| {
+                format!(
+                    "KAFKA_BROKERS: cannot read the watermarks of {}",
+                    settings.kafka_topic
+                )
+            })?
+    };
+    anyhow::ensure!(
+        !targets.is_empty(),
+        "topic {} has no partitions",
+        settings.kafka_topic
+    );
+    tracing::info!(
+        group_id,
+        topic = settings.kafka_topic,
+        ?targets,
+        "rebuild started"
+    );
+
+    let (url, size) = (settings.database_url.clone(), settings.database_pool_size);
+    let writer = Supervisor::start(move |_| DbWriter::new(url, size));
+    let group = ConsumerGroup::start(settings, group_id, writer, None)?;
+    let status = group.status();
+
+    let terminal = std::io::stderr().is_terminal();
+    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    let progress = loop {
+        ticker.tick().await;
+        let progress = Progress::measure(&targets, &status.committed());
+        let line = progress.line(started.elapsed());
+        let mut err = std::io::stderr().lock();
+        // Progress goes to the terminal; a failed write to it is not an error.
+        let _ = if terminal {
+            write!(err, "\r{line}\x1b[K")
+        } else {
+            writeln!(err, "{line}")
+        };
+        if progress.finished() {
+            if terminal {
+                let _ = writeln!(err);
+            }
+            break progress;
+        }
+        if !status.blocked().is_empty() {
+            tracing::warn!(blocked = ?status.blocked(), "rebuild is blocked on a failing write; retrying");
+        }
+    };
+    group.stop().await;
+    let report = RebuildReport {
+        records: progress.total,
+        elapsed: started.elapsed(),
+    };
+    tracing::info!(records = report.records, elapsed = ?report.elapsed, "rebuild finished");
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_counts_committed_offsets_within_the_watermarks() {
+        let targets = BTreeMap::from([(0, (0, 10)), (1, (5, 5)), (2, (3, 13))]);
+        let none = Progress::measure(&targets, &BTreeMap::new());
+        assert_eq!(none, Progress { done: 0, total: 20 });
+        assert!(!none.finished());
+        let some = Progress::measure(&targets, &BTreeMap::from([(0, 4), (2, 20)]));
+        assert_eq!(
+            some,
+            Progress {
+                done: 14,
+                total: 20
+            }
+        );
+        let all = Progress::measure(&targets, &BTreeMap::from([(0, 10), (2, 13)]));
+        assert!(all.finished());
+        assert!(Progress::measure(&BTreeMap::from([(0, (0, 0))]), &BTreeMap::new()).finished());
+    }
+
+    #[test]
+    fn progress_line_shows_rate_and_eta() {
+        let line = Progress {
+            done: 50,
+            total: 100,
+        }
+        .line(Duration::from_secs(5));
+        assert_eq!(
+            line,
+            "rebuild: 50/100 records (50.0%), 10 records/s, ETA 5s"
+        );
+    }
+}
