@@ -225,7 +225,16 @@ async fn publish(
         record = record.payload(value);
     }
     let started = Instant::now();
-    let result = client.send(record, Timeout::After(delivery_timeout)).await;
+    // librdkafka bounds a delivery by `message.timeout.ms`, but an idempotent
+    // producer that is re-acquiring its producer id holds records longer; the
+    // client's answer is bounded here. A record answered 503 may still be
+    // delivered later: a 503 means "not known to be in the log".
+    let send = client.send(record, Timeout::After(delivery_timeout));
+    let Ok(result) = tokio::time::timeout(delivery_timeout, send).await else {
+        m.records_produced.with_label_values(&[kind, "timeout"]).inc();
+        tracing::warn!(timeout = ?delivery_timeout, "record not acknowledged in time");
+        return Err(ProduceError::Timeout(delivery_timeout));
+    };
     match result {
         Ok(delivery) => {
             m.produce_delivery_seconds

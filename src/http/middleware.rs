@@ -22,7 +22,26 @@ use crate::metrics::metrics;
 /// The header that carries the correlation id.
 pub const CORRELATION_HEADER: &str = "correlationId";
 
-/// Correlation id, HTTP metrics and the request span.
+/// Largest request body accepted; no route takes a body, so a larger one is
+/// a client error rather than something to ignore.
+pub const BODY_LIMIT: usize = 4 * 1024;
+
+/// Refuses a request whose declared body is larger than [`BODY_LIMIT`].
+fn check_body_size(req: &ServiceRequest) -> Result<(), ApiError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > BODY_LIMIT as u64 => Err(ApiError::PayloadTooLarge(format!(
+            "request bodies are limited to {BODY_LIMIT} bytes; this one declares {length}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Body size check, correlation id, HTTP metrics and the request span.
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -36,7 +55,7 @@ pub async fn observe(
         .headers()
         .get(CORRELATION_HEADER)
         .map(|v| v.to_str().map(str::to_owned));
-    let correlation = match given {
+    let correlation = check_body_size(&req).and_then(|()| match given {
         None => Ok(CorrelationId::generate()),
         Some(Ok(value)) => {
             CorrelationId::parse(&value).map_err(|e| ApiError::InvalidCorrelationId(e.to_string()))
@@ -44,7 +63,7 @@ pub async fn observe(
         Some(Err(_)) => Err(ApiError::InvalidCorrelationId(
             crate::domain::CorrelationIdError.to_string(),
         )),
-    };
+    });
     let response = match correlation {
         Ok(correlation_id) => {
             let span =

@@ -14,9 +14,6 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 
 use crate::http::error::{ApiError, shorten};
 
-/// Largest request body accepted; no route takes a body.
-const BODY_LIMIT: usize = 4 * 1024;
-
 /// A bound, running HTTP server.
 pub struct RunningServer {
     /// The address it listens on (port 0 resolved).
@@ -52,7 +49,7 @@ where
             .app_data(web::PathConfig::default().error_handler(|err, _| {
                 ApiError::BadRequest(format!("malformed path: {err}")).into()
             }))
-            .app_data(web::PayloadConfig::new(BODY_LIMIT))
+            .app_data(web::PayloadConfig::new(middleware::BODY_LIMIT))
             .configure(configure.clone())
             .configure(ops::routes)
             .default_service(web::to(route_not_found))

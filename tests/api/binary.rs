@@ -48,6 +48,7 @@ fn a_bad_setting_stops_the_start_with_a_message_naming_the_variable() {
 
 struct Running {
     child: std::process::Child,
+    topic: String,
     lines: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
@@ -97,7 +98,11 @@ fn start(database_url: &str) -> Running {
             sink.lock().unwrap().push(parsed);
         }
     });
-    Running { child, lines }
+    Running {
+        child,
+        topic,
+        lines,
+    }
 }
 
 #[actix_rt::test]
@@ -180,4 +185,79 @@ async fn json_logs_carry_the_correlation_id_on_both_sides_and_sigterm_exits_clea
             .any(|l| l["message"] == "command accepted" && l["command_id"] == id.as_str())
     );
     assert!(lines.iter().any(|l| l["message"] == "stopped"));
+}
+
+#[actix_rt::test]
+async fn sigterm_under_load_answers_what_is_in_flight_and_loses_no_acknowledged_command() {
+    let database_url = create_database().await;
+    let running = start(&database_url);
+    let command = eventually("the binary listens", || async {
+        running.addr_of("command")
+    })
+    .await;
+    let topic = running.topic.clone();
+    let http = reqwest::Client::new();
+    let url = format!("http://{command}/api/v1/timestamp/2009-09-28T19:03:12Z");
+    let first = http.post(&url).send().await.unwrap();
+    assert_eq!(first.status().as_u16(), 202);
+
+    let requests = futures::future::join_all((0..200).map(|_| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            match http.post(url).send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let body: Option<serde_json::Value> = response.json().await.ok();
+                    Some((status, body))
+                }
+                // Refused or reset once the server stopped accepting.
+                Err(_) => None,
+            }
+        }
+    }));
+    let pid = running.child.id().to_string();
+    let terminate = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    let (answers, ()) = futures::join!(requests, terminate);
+    let mut running = running;
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = running.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(started.elapsed() < DEADLINE, "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit}");
+
+    let mut acknowledged = vec![first.json::<serde_json::Value>().await.ok()];
+    for (status, body) in answers.into_iter().flatten() {
+        assert!(
+            status == 202,
+            "a request in flight at SIGTERM is answered 202, got {status}"
+        );
+        acknowledged.push(body);
+    }
+    let acknowledged: std::collections::HashSet<String> = acknowledged
+        .into_iter()
+        .map(|b| {
+            b.and_then(|b| b["id"].as_str().map(str::to_owned))
+                .expect("a 202 has an id")
+        })
+        .collect();
+    let in_log: std::collections::HashSet<String> = crate::helpers::read_topic(&topic)
+        .await
+        .iter()
+        .map(|m| crate::helpers::describe(m).1)
+        .collect();
+    let lost: Vec<_> = acknowledged.difference(&in_log).collect();
+    assert!(lost.is_empty(), "acknowledged but not in the log: {lost:?}");
 }

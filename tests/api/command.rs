@@ -111,77 +111,147 @@ async fn the_record_in_kafka_has_the_id_as_key_the_json_value_and_the_correlatio
     app.stop().await;
 }
 
-#[actix_rt::test]
-async fn malformed_commands_get_a_json_4xx_and_nothing_reaches_the_log() {
-    let app = TestApp::spawn().await;
-    let cases: [(&str, &str, &str, u16, &str); 9] = [
-        (
+/// One malformed request: method, port, path, extra header, body size, and
+/// the expected status and error code.
+struct Bad {
+    method: &'static str,
+    query_port: bool,
+    path: String,
+    correlation: Option<Vec<u8>>,
+    body: usize,
+    status: u16,
+    code: &'static str,
+}
+
+fn bad(method: &'static str, path: impl Into<String>, status: u16, code: &'static str) -> Bad {
+    Bad {
+        method,
+        query_port: false,
+        path: path.into(),
+        correlation: None,
+        body: 0,
+        status,
+        code,
+    }
+}
+
+fn malformed_requests() -> Vec<Bad> {
+    let ts = |t: &str| format!("/api/v1/timestamp/{t}");
+    let mut cases: Vec<Bad> = [
+        "not-a-time",
+        "2009-09-28",
+        "2009-09-28T19:03:12",
+        "2009-09-28T19:03Z",
+        "2009-13-01T00:00:00Z",
+        "2009-02-30T00:00:00Z",
+        "2009-09-28T24:00:00Z",
+        "2009-09-28T19:60:00Z",
+        "2016-12-31T23:59:60Z",
+        "0000-01-01T00:00:00Z",
+        "10000-01-01T00:00:00Z",
+        "9999-12-31T23:59:59-01:00",
+        "2009-09-28T19:03:12+25:00",
+        "2009-09-28T19:03:12.Z",
+        "2009-09-28T19:03:12ZZ",
+        "-2009-09-28T19:03:12Z",
+        "%202009-09-28T19:03:12Z",
+        "%E2%8C%9A",
+        "%00",
+    ]
+    .into_iter()
+    .map(|t| bad("POST", ts(t), 400, "invalid_timestamp"))
+    .collect();
+    cases.push(bad("POST", ts(&"9".repeat(8000)), 400, "invalid_timestamp"));
+    // actix-web decodes invalid UTF-8 lossily: the timestamp is then invalid.
+    cases.push(bad("POST", ts("%FF%FE"), 400, "invalid_timestamp"));
+    for (header, why) in [
+        (vec![b'a'; 8000], "huge"),
+        (b"has spaces".to_vec(), "spaces"),
+        (b"caf\xc3\xa9".to_vec(), "non-ASCII"),
+        (b"semi;colon".to_vec(), "punctuation"),
+    ] {
+        let mut case = bad(
             "POST",
-            "/api/v1/timestamp/not-a-time",
-            "",
-            400,
-            "invalid_timestamp",
-        ),
-        (
-            "POST",
-            "/api/v1/timestamp/2009-09-28",
-            "",
-            400,
-            "invalid_timestamp",
-        ),
-        (
-            "POST",
-            "/api/v1/timestamp/2009-09-28T19:03:12",
-            "",
-            400,
-            "invalid_timestamp",
-        ),
-        (
-            "POST",
-            "/api/v1/timestamp/2016-12-31T23:59:60Z",
-            "",
-            400,
-            "invalid_timestamp",
-        ),
-        (
-            "POST",
-            "/api/v1/timestamp/0000-01-01T00:00:00Z",
-            "",
-            400,
-            "invalid_timestamp",
-        ),
-        (
-            "POST",
-            "/api/v1/timestamp/2009-09-28T19:03:12Z",
-            "bad id with spaces",
+            ts("2009-09-28T19:03:12Z"),
             400,
             "invalid_correlation_id",
-        ),
-        (
-            "GET",
-            "/api/v1/timestamp/2009-09-28T19:03:12Z",
-            "",
-            405,
-            "method_not_allowed",
-        ),
-        ("DELETE", "/api/v1/timestamp", "", 405, "method_not_allowed"),
-        ("POST", "/api/v2/timestamp", "", 404, "not_found"),
-    ];
-    for (method, path, correlation, status, code) in cases {
-        let mut request = app.http.request(
-            method.parse().unwrap(),
-            format!("{}{path}", app.command_url()),
         );
-        if !correlation.is_empty() {
-            request = request.header("correlationId", correlation);
+        case.correlation = Some(header);
+        assert!(!why.is_empty());
+        cases.push(case);
+    }
+    let mut huge_body = bad("POST", ts("2009-09-28T19:03:12Z"), 413, "payload_too_large");
+    huge_body.body = 1 << 20;
+    cases.push(huge_body);
+    cases.extend([
+        bad("GET", ts("2009-09-28T19:03:12Z"), 405, "method_not_allowed"),
+        bad("PUT", "/api/v1/timestamp", 405, "method_not_allowed"),
+        bad("DELETE", ts("x"), 405, "method_not_allowed"),
+        bad("PATCH", "/api/v1/timestamp", 405, "method_not_allowed"),
+        bad("POST", "/api/v1/timestamp/", 404, "not_found"),
+        bad("POST", "/api/v1/timestamps", 404, "not_found"),
+        bad("POST", "/api/v1/timestamp/a/b", 404, "not_found"),
+        bad("POST", "/", 404, "not_found"),
+        bad("GET", "/api/v1", 404, "not_found"),
+    ]);
+    for (path, status, code) in [
+        (ts("not-a-uuid"), 400, "invalid_id"),
+        (ts(&"f".repeat(8000)), 400, "invalid_id"),
+        (ts("%FF"), 400, "invalid_id"),
+        (ts("add1f52d-7c56-4c9f-b319-1a266c355f6"), 400, "invalid_id"),
+    ] {
+        let mut case = bad("GET", path, status, code);
+        case.query_port = true;
+        cases.push(case);
+    }
+    let mut post_on_query = bad(
+        "POST",
+        ts("add1f52d-7c56-4c9f-b319-1a266c355f6b"),
+        405,
+        "method_not_allowed",
+    );
+    post_on_query.query_port = true;
+    cases.push(post_on_query);
+    cases
+}
+
+#[actix_rt::test]
+async fn malformed_requests_get_a_json_4xx_and_nothing_reaches_the_log() {
+    let app = TestApp::spawn().await;
+    let cases = malformed_requests();
+    assert!(cases.len() >= 30, "{} cases", cases.len());
+    for case in cases {
+        let base = if case.query_port {
+            app.query_url()
+        } else {
+            app.command_url()
+        };
+        let mut request = app
+            .http
+            .request(case.method.parse().unwrap(), format!("{base}{}", case.path));
+        if let Some(value) = &case.correlation {
+            request = request.header(
+                "correlationId",
+                reqwest::header::HeaderValue::from_bytes(value).unwrap(),
+            );
         }
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status().as_u16(), status, "{method} {path}");
-        let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["error"], json!(code), "{method} {path}: {body}");
+        if case.body > 0 {
+            request = request.body(vec![b'x'; case.body]);
+        }
+        let what = format!("{} {}", case.method, &case.path[..case.path.len().min(80)]);
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(response.status().as_u16(), case.status, "{what}");
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: not JSON: {e}"));
+        assert_eq!(body["error"], json!(case.code), "{what}: {body}");
         assert!(
             body["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{body}"
+            "{what}: {body}"
         );
     }
     // Still serving, and the log holds only the one good command.
