@@ -17,6 +17,9 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 /// Migrations from `migrations/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
+/// Advisory lock key held while migrating ("chrnlg" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6368_726e_6c67;
+
 /// A pool of async PostgreSQL connections.
 pub type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 
@@ -74,8 +77,14 @@ pub async fn run_migrations(database_url: &str) -> Result<(), DbError> {
     use diesel::Connection;
     let url = database_url.to_owned();
     let applied = tokio::task::spawn_blocking(move || -> Result<usize, DbError> {
+        use diesel::RunQueryDsl;
         let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
             .map_err(|e| DbError::Migration(format!("cannot connect: {e}")))?;
+        // Processes of several roles start together against one database:
+        // one migrates, the others wait and then find nothing to do. The
+        // lock is released when the connection closes.
+        diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+            .execute(&mut conn)?;
         let versions = conn
             .run_pending_migrations(MIGRATIONS)
             .map_err(|e| DbError::Migration(e.to_string()))?;
