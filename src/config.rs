@@ -87,6 +87,10 @@ pub struct Settings {
     )]
     pub consumer_addr: SocketAddr,
 
+    /// How often consumer lag is measured (in every process that talks to the broker).
+    #[arg(long, env = "LAG_INTERVAL", value_name = "LAG_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub lag_interval: Duration,
+
     /// How long a rebalance or shutdown waits for in-flight batches to commit.
     #[arg(long, env = "DRAIN_TIMEOUT", value_name = "DRAIN_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub drain_timeout: Duration,

@@ -251,6 +251,41 @@ pub async fn observe<T, E>(
     result
 }
 
+/// The actors and the messages each handles, as they appear in labels.
+pub const ACTOR_MESSAGES: [(&str, &[&str]); 4] = [
+    ("ingestion", &["SubmitCommand"]),
+    ("kafka_producer", &["PublishCommand", "PublishDeadLetter"]),
+    ("partition_consumer", &["RecordBatch", "Drain"]),
+    ("db_writer", &["WriteBatch", "LoadOffsets"]),
+];
+
+/// Creates every label set known in advance with a zero value, so that
+/// dashboards and alerts see a 0 rather than no series at all.
+pub fn prime() {
+    let m = metrics();
+    for (actor, messages) in ACTOR_MESSAGES {
+        m.actor_restarts.with_label_values(&[actor]);
+        m.actor_mailbox_depth.with_label_values(&[actor]);
+        for message in messages {
+            for outcome in ["ok", "error"] {
+                m.actor_messages
+                    .with_label_values(&[actor, message, outcome]);
+            }
+        }
+    }
+    for kind in ["command", "dead_letter"] {
+        for outcome in ["delivered", "timeout", "failed", "fatal"] {
+            m.records_produced.with_label_values(&[kind, outcome]);
+        }
+    }
+    for outcome in ["committed", "failed"] {
+        m.db_transactions.with_label_values(&[outcome]);
+    }
+    for reason in crate::kafka::record::DecodeError::CODES {
+        m.dead_letters.with_label_values(&[reason]);
+    }
+}
+
 /// Counts a supervisor restart of `actor`.
 pub fn actor_restarted(actor: &'static str) {
     metrics().actor_restarts.with_label_values(&[actor]).inc();

@@ -16,6 +16,7 @@ use crate::http::ops::{BrokerProbe, Readiness};
 use crate::http::{self, RunningServer};
 use crate::kafka::admin;
 use crate::kafka::group::ConsumerGroup;
+use crate::kafka::lag::LagMonitor;
 
 /// A running chronolog process: some or all of its roles.
 pub struct Application {
@@ -23,6 +24,7 @@ pub struct Application {
     query: Option<RunningServer>,
     consumer_ops: Option<RunningServer>,
     group: Option<ConsumerGroup>,
+    lag: Option<LagMonitor>,
     producer: Option<Addr<KafkaProducer>>,
 }
 
@@ -70,8 +72,16 @@ impl Application {
             query: None,
             consumer_ops: None,
             group: None,
+            lag: None,
             producer: producer.clone(),
         };
+        if uses_broker {
+            crate::metrics::prime();
+            app.lag = Some(
+                LagMonitor::start(settings)
+                    .context("KAFKA_BROKERS: cannot start the lag monitor")?,
+            );
+        }
 
         let mut readiness = Readiness {
             broker: broker.clone(),
@@ -176,6 +186,10 @@ impl Application {
             }
         };
         futures::join!(stop_servers, stop_group);
+        if let Some(lag) = self.lag.take() {
+            // Joining the thread blocks for at most one measurement.
+            let _ = tokio::task::spawn_blocking(move || lag.stop()).await;
+        }
         // Dropping the last address stops the producer actor, which flushes.
         self.producer.take();
         tracing::info!("stopped");

@@ -144,6 +144,7 @@ impl Actor for PartitionConsumer {
             .instrument(span),
         );
         self.worker = Some(Worker { stop, handle });
+        self.deps.status.set_blocked(&self.key, false);
         tracing::info!(partition = self.key.partition, "partition consumer started");
     }
 
@@ -346,9 +347,9 @@ impl PartitionRun {
             if batch.is_empty() {
                 continue;
             }
-            match self.project(batch, &stop).await {
-                Ok(()) => {}
-                Err(exit) => return exit,
+            let projected = metrics::observe(ACTOR, "RecordBatch", self.project(batch, &stop));
+            if let Err(exit) = projected.await {
+                return exit;
             }
         }
     }

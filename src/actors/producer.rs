@@ -231,7 +231,9 @@ async fn publish(
     // delivered later: a 503 means "not known to be in the log".
     let send = client.send(record, Timeout::After(delivery_timeout));
     let Ok(result) = tokio::time::timeout(delivery_timeout, send).await else {
-        m.records_produced.with_label_values(&[kind, "timeout"]).inc();
+        m.records_produced
+            .with_label_values(&[kind, "timeout"])
+            .inc();
         tracing::warn!(timeout = ?delivery_timeout, "record not acknowledged in time");
         return Err(ProduceError::Timeout(delivery_timeout));
     };

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod group;
+pub mod lag;
 pub mod record;
 
 use rdkafka::ClientConfig;

@@ -59,6 +59,16 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every [`code`](Self::code).
+    pub const CODES: [&'static str; 6] = [
+        "empty_value",
+        "not_json",
+        "missing_field",
+        "invalid_id",
+        "invalid_timestamp",
+        "key_mismatch",
+    ];
+
     /// A short, fixed label for metrics and the dead-letter `reason` header.
     pub fn code(&self) -> &'static str {
         match self {

@@ -94,6 +94,7 @@ pub fn settings(database_url: &str) -> Settings {
         query_addr: any_port,
         consumer_addr: any_port,
         drain_timeout: Duration::from_secs(10),
+        lag_interval: Duration::from_millis(500),
     }
 }
 
@@ -542,6 +543,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_chronolog");
 pub struct ChildProcess(std::process::Child);
 
 impl ChildProcess {
+    /// Takes charge of `child`.
+    pub fn new(child: std::process::Child) -> Self {
+        Self(child)
+    }
+
     /// SIGKILL, and reap it.
     pub fn kill(&mut self) {
         let _ = self.0.kill();
@@ -583,7 +589,7 @@ pub fn spawn_consumer_process(settings: &Settings) -> ChildProcess {
         )))
         .spawn()
         .expect("consumer process starts");
-    ChildProcess(child)
+    ChildProcess::new(child)
 }
 
 /// Where a spawned process logs: a file in the rig's directory, which the

@@ -7,6 +7,7 @@
 mod binary;
 mod command;
 mod helpers;
+mod ops;
 mod pipeline;
 mod query;
 mod recovery;

@@ -1,0 +1,186 @@
+//! Consumer lag, measured from outside the group: what the group has
+//! committed against what the log holds. It runs in every process that talks
+//! to the broker, so lag keeps being reported while no consumer runs — which
+//! is when it matters most.
+//!
+//! Per partition: records = high watermark − committed offset; seconds = age
+//! of the record at the committed offset (the oldest not yet projected), 0
+//! when caught up.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::config::Settings;
+use crate::kafka::{TracingContext, base_config};
+use crate::metrics::metrics;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Lag of one partition.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PartitionLag {
+    /// Records not yet projected.
+    pub records: i64,
+    /// Age in seconds of the oldest record not yet projected; 0 when caught up.
+    pub seconds: f64,
+}
+
+/// Measures lag periodically on a thread of its own (the client calls block).
+pub struct LagMonitor {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Probe {
+    topic: String,
+    /// Has the group's id, to read its committed offsets; never joins or commits.
+    offsets: BaseConsumer<TracingContext>,
+    /// Assigned by hand to read the oldest unprojected records.
+    reader: BaseConsumer<TracingContext>,
+}
+
+impl LagMonitor {
+    /// Starts measuring every `settings.lag_interval`.
+    pub fn start(settings: &Settings) -> Result<Self, KafkaError> {
+        let probe = Probe {
+            topic: settings.kafka_topic.clone(),
+            offsets: base_config(settings)
+                .set("group.id", &settings.kafka_group_id)
+                .set("enable.auto.commit", "false")
+                .create_with_context(TracingContext)?,
+            // librdkafka assigns through a group handle, so the reader needs a
+            // group id of its own; it never subscribes or commits.
+            reader: base_config(settings)
+                .set("group.id", format!("{}-lag-probe", settings.kafka_group_id))
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "false")
+                .create_with_context(TracingContext)?,
+        };
+        let interval = settings.lag_interval;
+        let (stop, stopped) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("lag-monitor".into())
+            .spawn(move || {
+                loop {
+                    match probe.measure() {
+                        Ok(lags) => probe.export(&lags),
+                        Err(error) => tracing::debug!(%error, "cannot measure consumer lag"),
+                    }
+                    match stopped.recv_timeout(interval) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        _ => return,
+                    }
+                }
+            })
+            .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops measuring.
+    pub fn stop(mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for LagMonitor {
+    fn drop(&mut self) {
+        self.stop.take();
+    }
+}
+
+impl Probe {
+    fn measure(&self) -> Result<BTreeMap<i32, PartitionLag>, KafkaError> {
+        let metadata = self
+            .offsets
+            .fetch_metadata(Some(&self.topic), REQUEST_TIMEOUT)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == self.topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        let mut query = TopicPartitionList::new();
+        for &p in &partitions {
+            query.add_partition(&self.topic, p);
+        }
+        let committed = self.offsets.committed_offsets(query, REQUEST_TIMEOUT)?;
+        let mut behind = BTreeMap::new();
+        let mut lags = BTreeMap::new();
+        for &p in &partitions {
+            let (low, high) = self
+                .offsets
+                .fetch_watermarks(&self.topic, p, REQUEST_TIMEOUT)?;
+            let next = match committed.find_partition(&self.topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o.max(low),
+                _ => low,
+            };
+            let records = (high - next).max(0);
+            if records > 0 {
+                behind.insert(p, next);
+            }
+            lags.insert(
+                p,
+                PartitionLag {
+                    records,
+                    seconds: 0.0,
+                },
+            );
+        }
+        for (p, age) in self.oldest_ages(&behind)? {
+            if let Some(lag) = lags.get_mut(&p) {
+                lag.seconds = age;
+            }
+        }
+        Ok(lags)
+    }
+
+    /// Age of the record at each given offset.
+    fn oldest_ages(&self, at: &BTreeMap<i32, i64>) -> Result<BTreeMap<i32, f64>, KafkaError> {
+        let mut ages = BTreeMap::new();
+        if at.is_empty() {
+            return Ok(ages);
+        }
+        let mut assignment = TopicPartitionList::new();
+        for (&p, &offset) in at {
+            assignment.add_partition_offset(&self.topic, p, Offset::Offset(offset))?;
+        }
+        self.reader.assign(&assignment)?;
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        while ages.len() < at.len() && Instant::now() < deadline {
+            let Some(Ok(message)) = self.reader.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            if let Some(millis) = message.timestamp().to_millis() {
+                let age = (Utc::now().timestamp_millis() - millis).max(0) as f64 / 1000.0;
+                ages.entry(message.partition()).or_insert(age);
+            }
+        }
+        self.reader.unassign()?;
+        Ok(ages)
+    }
+
+    fn export(&self, lags: &BTreeMap<i32, PartitionLag>) {
+        let m = metrics();
+        for (p, lag) in lags {
+            let labels = [self.topic.as_str(), &p.to_string()];
+            m.consumer_lag_records
+                .with_label_values(&labels)
+                .set(lag.records);
+            m.consumer_lag_seconds
+                .with_label_values(&labels)
+                .set(lag.seconds);
+        }
+    }
+}
