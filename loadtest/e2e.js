@@ -16,6 +16,7 @@ const visibleLatency = new Trend('visible_latency', true);
 const visible = new Rate('visible');
 
 export const options = {
+  summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'],
   scenarios: {
     end_to_end: {
       executor: 'constant-arrival-rate',

@@ -10,6 +10,7 @@ const SMOKE = __ENV.SMOKE === '1';
 const RATE = SMOKE ? 20 : Number(__ENV.RATE || 500);
 
 export const options = {
+  summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'],
   scenarios: {
     ingestion: {
       executor: 'constant-arrival-rate',

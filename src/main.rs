@@ -42,7 +42,7 @@ enum Command {
     Rebuild {
         #[command(flatten)]
         settings: Settings,
-        /// Consumer group of the replay; default `<KAFKA_GROUP_ID>-rebuild-<unix seconds>`.
+        /// Consumer group of the replay; default `<KAFKA_GROUP_ID>-rebuild-<random>`.
         #[arg(long, value_name = "GROUP_ID")]
         group_id: Option<String>,
     },
@@ -63,8 +63,9 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Rebuild { settings, group_id } => {
                 let group_id = group_id.unwrap_or_else(|| {
-                    let now = chrono::Utc::now().timestamp();
-                    format!("{}-rebuild-{now}", settings.kafka_group_id)
+                    // Unique: a group that already committed would resume, not replay.
+                    let suffix = uuid::Uuid::new_v4().simple().to_string();
+                    format!("{}-rebuild-{}", settings.kafka_group_id, &suffix[..12])
                 });
                 chronolog::rebuild::rebuild(&settings, &group_id).await?;
                 Ok(())

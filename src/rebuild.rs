@@ -17,10 +17,12 @@ use anyhow::Context as _;
 use crate::actors::db_writer::DbWriter;
 use crate::config::Settings;
 use crate::kafka::admin;
-use crate::kafka::group::ConsumerGroup;
+use crate::kafka::group::{ConsumerGroup, Membership};
 
 /// How often progress is shown.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How often the finish line is checked.
+const CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// What a finished rebuild did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,14 +112,19 @@ pub async fn rebuild(settings: &Settings, group_id: &str) -> anyhow::Result<Rebu
 
     let (url, size) = (settings.database_url.clone(), settings.database_pool_size);
     let writer = Supervisor::start(move |_| DbWriter::new(url, size));
-    let group = ConsumerGroup::start(settings, group_id, writer, None)?;
+    let group = ConsumerGroup::start(settings, group_id, Membership::AssignAll, writer, None)?;
     let status = group.status();
 
     let terminal = std::io::stderr().is_terminal();
-    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    let mut ticker = tokio::time::interval(CHECK_EVERY);
+    let mut shown: Option<Instant> = None;
     let progress = loop {
         ticker.tick().await;
         let progress = Progress::measure(&targets, &status.committed());
+        if !progress.finished() && shown.is_some_and(|at| at.elapsed() < PROGRESS_EVERY) {
+            continue;
+        }
+        shown = Some(Instant::now());
         let line = progress.line(started.elapsed());
         let mut err = std::io::stderr().lock();
         // Progress goes to the terminal; a failed write to it is not an error.

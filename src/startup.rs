@@ -15,7 +15,7 @@ use crate::config::{Role, Settings};
 use crate::http::ops::{BrokerProbe, Readiness};
 use crate::http::{self, RunningServer};
 use crate::kafka::admin;
-use crate::kafka::group::ConsumerGroup;
+use crate::kafka::group::{ConsumerGroup, Membership};
 use crate::kafka::lag::LagMonitor;
 
 /// A running chronolog process: some or all of its roles.
@@ -93,6 +93,7 @@ impl Application {
             let group = ConsumerGroup::start(
                 settings,
                 &settings.kafka_group_id,
+                Membership::Subscribe,
                 writer,
                 Some(producer.clone()),
             )

@@ -136,11 +136,13 @@ impl ConsumerContext for GroupContext {
         tpl: &mut TopicPartitionList,
     ) {
         match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(base, tpl),
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(base),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assign(tpl, |tpl| base.assign(tpl))
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(|| base.unassign()),
             other => {
                 tracing::error!(error = ?other, "rebalance error; giving up every partition");
-                self.revoke(base);
+                self.revoke(|| base.unassign());
             }
         }
     }
@@ -153,7 +155,13 @@ impl ConsumerContext for GroupContext {
 }
 
 impl GroupContext {
-    fn assign(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+    /// Splits the partitions' queues, starts them at the view's stored
+    /// offsets through `assign`, and starts their partition consumers.
+    fn assign(
+        &self,
+        tpl: &mut TopicPartitionList,
+        assign: impl FnOnce(&TopicPartitionList) -> KafkaResult<()>,
+    ) {
         let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
             tracing::error!("assignment before the consumer is set up");
             return;
@@ -180,7 +188,7 @@ impl GroupContext {
                 None => tracing::error!(partition, "cannot split the partition queue"),
             }
         }
-        if let Err(error) = base.assign(tpl) {
+        if let Err(error) = assign(tpl) {
             tracing::error!(%error, "cannot assign partitions");
             return;
         }
@@ -208,7 +216,8 @@ impl GroupContext {
         tracing::info!(?partitions, stored_offsets = ?stored, "partitions assigned");
     }
 
-    fn revoke(&self, base: &BaseConsumer<Self>) {
+    /// Drains every partition consumer, then gives the partitions up through `unassign`.
+    fn revoke(&self, unassign: impl FnOnce() -> KafkaResult<()>) {
         let drained: Vec<(i32, Addr<PartitionConsumer>)> = {
             let mut map = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
             map.drain().collect()
@@ -246,7 +255,7 @@ impl GroupContext {
             }
         }
         self.status.set_assigned([]);
-        if let Err(error) = base.unassign() {
+        if let Err(error) = unassign() {
             tracing::error!(%error, "cannot unassign partitions");
         }
         tracing::info!(?partitions, took = ?started.elapsed(), "partitions revoked");
@@ -309,6 +318,17 @@ pub enum GroupError {
     Ended,
 }
 
+/// How the consumer gets its partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// Joins the group; Kafka shares the partitions among its members.
+    Subscribe,
+    /// Takes every partition itself, without joining (a rebuild: one
+    /// process, no rebalance to wait for). Offsets are still committed
+    /// under the group id.
+    AssignAll,
+}
+
 /// A running member of the consumer group.
 pub struct ConsumerGroup {
     shutdown: Option<oneshot::Sender<()>>,
@@ -325,6 +345,7 @@ impl ConsumerGroup {
     pub fn start(
         settings: &Settings,
         group_id: &str,
+        membership: Membership,
         writer: Addr<DbWriter>,
         producer: Option<Addr<KafkaProducer>>,
     ) -> Result<Self, GroupError> {
@@ -369,12 +390,30 @@ impl ConsumerGroup {
                         }
                     };
                     let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
-                    if let Err(error) = consumer.subscribe(&[&topic]) {
-                        let _ = ready_tx.send(Err(error.into()));
-                        return;
-                    }
+                    // Manual assignment asks the DB writer for stored offsets,
+                    // and the writer may live on the arbiter that is waiting for
+                    // this start to finish: assign only after reporting ready.
+                    let joined = match membership {
+                        Membership::Subscribe => consumer.subscribe(&[&topic]).map(|()| None),
+                        Membership::AssignAll => all_partitions(&consumer, &topic).map(Some),
+                    };
+                    let manual = match joined {
+                        Ok(manual) => manual,
+                        Err(error) => {
+                            let _ = ready_tx.send(Err(error.into()));
+                            return;
+                        }
+                    };
                     let _ = ready_tx.send(Ok(()));
+                    if let Some(mut tpl) = manual {
+                        consumer
+                            .context()
+                            .assign(&mut tpl, |tpl| consumer.assign(tpl));
+                    }
                     poll_until_shutdown(&consumer, shutdown_rx).await;
+                    if membership == Membership::AssignAll {
+                        consumer.context().revoke(|| consumer.unassign());
+                    }
                     leave_group(consumer, close_timeout).await;
                 });
             })?;
@@ -418,6 +457,21 @@ impl Drop for ConsumerGroup {
             let _ = shutdown.send(());
         }
     }
+}
+
+/// Every partition of `topic`, for a manual assignment.
+fn all_partitions(consumer: &GroupConsumer, topic: &str) -> KafkaResult<TopicPartitionList> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for partition in metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions())
+    {
+        tpl.add_partition(topic, partition.id());
+    }
+    Ok(tpl)
 }
 
 async fn poll_until_shutdown(consumer: &GroupConsumer, mut shutdown: oneshot::Receiver<()>) {

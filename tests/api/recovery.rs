@@ -32,7 +32,10 @@ async fn run_rebuild(app: &TestApp, database_url: &str) -> std::process::Output 
         .env("KAFKA_BROKERS", &app.settings.kafka_brokers)
         .env("KAFKA_TOPIC", &app.settings.kafka_topic)
         .env("KAFKA_GROUP_ID", &app.settings.kafka_group_id)
-        .env("LOG_LEVEL", "warn");
+        .env(
+            "LOG_LEVEL",
+            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
     tokio::task::spawn_blocking(move || command.output().expect("rebuild runs"))
         .await
         .unwrap()

@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# The benchmark: every figure next to a baseline measured in the same run.
+#
+#   loadtest/bench.sh                      # mock-cluster broker, 200,000 records, release build
+#   loadtest/bench.sh --broker tansu       # a tansu broker started here
+#   loadtest/bench.sh --broker HOST:PORT   # any broker (topics are created by chronolog)
+#   loadtest/bench.sh --records 50000 --duration 20s
+#   loadtest/bench.sh --smoke              # tiny and quick, debug build (CI keeps it working)
+#
+# PostgreSQL is started here unless BENCH_DATABASE_URL names a server's
+# maintenance database. Prints a Markdown table; see loadtest/RESULTS.md.
+set -euo pipefail
+source "$(dirname "$0")/../scripts/lib.sh"
+cd "$CHRONOLOG_ROOT"
+
+RECORDS=200000 DURATION=10s BROKER=mock PROFILE=release CONNECTIONS=128 K6_RATE=2000
+while (($#)); do
+  case $1 in
+    --smoke) RECORDS=2000 DURATION=2s PROFILE=dev CONNECTIONS=16 K6_RATE=100 ;;
+    --broker) BROKER=$2; shift ;;
+    --records) RECORDS=$2; shift ;;
+    --duration) DURATION=$2; shift ;;
+    --connections) CONNECTIONS=$2; shift ;;
+    *) die "unknown argument $1" ;;
+  esac
+  shift
+done
+
+install_deps
+apt_install time wrk
+cargo build --quiet --profile "$PROFILE" --bin chronolog --example bench_tool
+dir=$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")
+BIN="$CARGO_TARGET_DIR/$dir/chronolog"
+TOOL="$CARGO_TARGET_DIR/$dir/examples/bench_tool"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/chronolog-bench.XXXXXX")
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  exec 7>&- 2>/dev/null || true
+  stop_tansu
+  stop_postgres
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+if [[ -n ${BENCH_DATABASE_URL:-} ]]; then export DATABASE_URL=$BENCH_DATABASE_URL; else start_postgres "$WORK"; fi
+SERVER=${DATABASE_URL%/*}
+psql_admin() { psql -qtA "$DATABASE_URL" -c "$1"; }
+fresh_db() { local name="bench_$1_$RANDOM$RANDOM"; psql_admin "CREATE DATABASE $name" >/dev/null; echo "$SERVER/$name"; }
+
+RUN=$(date +%s)
+T_INGEST="bench-ingest-$RUN" T_SINK="bench-sink-$RUN" T_E2E="bench-e2e-$RUN"
+case $BROKER in
+  mock)
+    mkfifo "$WORK/mock.in"
+    # 8 partitions: the mock keeps 5 MiB per partition and drops older records.
+    "$TOOL" mock-broker 8 "$T_INGEST" "$T_SINK" "$T_E2E" <"$WORK/mock.in" >"$WORK/mock.out" &
+    PIDS+=($!)
+    exec 7>"$WORK/mock.in"
+    until [[ -s $WORK/mock.out ]]; do sleep 0.1; done
+    export KAFKA_BROKERS=$(head -1 "$WORK/mock.out") ;;
+  tansu) start_tansu "$WORK" ;;
+  *) export KAFKA_BROKERS=$BROKER ;;
+esac
+export LOG_LEVEL=warn KAFKA_PARTITIONS=8
+
+# start_role NAME ARGS...: chronolog in the background; sets APP_PID.
+start_role() {
+  local name=$1; shift
+  "$BIN" serve "$@" >"$WORK/$name.log" 2>&1 &
+  APP_PID=$!
+  PIDS+=("$APP_PID")
+}
+wait_http() { until curl -sf "$1" >/dev/null; do kill -0 "$APP_PID" || die "chronolog exited: $(tail -3 "$WORK"/*.log)"; sleep 0.1; done; }
+peak_rss_mb() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+stop_app() { kill -TERM "$1"; wait "$1" 2>/dev/null || true; }
+wrk_field() { awk -v k="$2" '$1==k {print $2}' "$1"; }
+rate_of() { awk '/Requests\/sec/ {printf "%.0f", $2}' "$1"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+# wait_rows URL N: seconds (fractional) from now until the view holds N rows,
+# and from the first row to N rows.
+wait_rows() {
+  local url=$1 n=$2 start first="" now count
+  start=$(date +%s.%N)
+  while :; do
+    count=$(psql -qtA "$url" -c "SELECT count(*) FROM timestamp_records" 2>/dev/null || echo 0)
+    now=$(date +%s.%N)
+    [[ -z $first && ${count:-0} -gt 0 ]] && first=$now
+    ((${count:-0} >= n)) && break
+    kill -0 "$APP_PID" 2>/dev/null || die "chronolog exited: $(tail -3 "$WORK"/*.log)"
+    sleep 0.05
+  done
+  # A small run can land whole between two polls: then the steady figure is the total.
+  awk -v s="$start" -v f="$first" -v e="$now" 'BEGIN { t = e - s; d = e - f; if (d < 0.2) d = t; printf "%.3f %.3f\n", t, d }'
+}
+
+declare -a ROWS
+row() { ROWS+=("| $1 | $2 | $3 | $4 |"); printf '  %-34s %-22s %-28s %s\n' "$1" "$2" "$3" "$4" >&2; }
+
+log "1/5 ingestion peak (wrk, $CONNECTIONS connections, $DURATION)"
+INGEST_DB=$(fresh_db ingest)
+start_role ingest --role command --command-addr 127.0.0.1:17180 --kafka-topic "$T_INGEST" --database-url "$INGEST_DB"
+CMD_PID=$APP_PID
+wait_http http://127.0.0.1:17180/health
+curl -sf -X POST http://127.0.0.1:17180/api/v1/timestamp >/dev/null  # the producer's first record waits ~1 s for its id
+wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency http://127.0.0.1:17180/health >"$WORK/wrk-health.txt"
+wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s loadtest/post.lua http://127.0.0.1:17180 >"$WORK/wrk-post.txt"
+HEALTH=$(rate_of "$WORK/wrk-health.txt") PEAK=$(rate_of "$WORK/wrk-post.txt")
+NOT202=$(awk '$1=="not_202" {print $2}' "$WORK/wrk-post.txt")
+SOCKET_ERRORS=$(grep -c "Socket errors" "$WORK/wrk-post.txt" || true)
+row "Ingestion peak (POST, wrk)" "$PEAK req/s" "GET /health: $HEALTH req/s" "ratio $(ratio "$PEAK" "$HEALTH"); p50 $(wrk_field "$WORK/wrk-post.txt" 50%) p99 $(wrk_field "$WORK/wrk-post.txt" 99%); non-202: $NOT202; socket-error lines: $SOCKET_ERRORS"
+
+log "2/5 ingestion scenario (k6 constant arrival rate $K6_RATE/s)"
+K6_STATUS=0
+k6 run --quiet --no-color -e BASE_URL=http://127.0.0.1:17180 -e RATE="$K6_RATE" -e DURATION="$DURATION" \
+  --summary-export "$WORK/k6-ingest.json" loadtest/ingestion.js >"$WORK/k6-ingest.txt" 2>&1 || K6_STATUS=$?
+K6_FIGURES=$(python3 - "$WORK/k6-ingest.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))["metrics"]
+d = m["http_req_duration{name:ingest}"] if "http_req_duration{name:ingest}" in m else m["http_req_duration"]
+f = m["http_req_failed"]
+print(f"errors {100*f.get('value', f.get('rate', 0)):.2f}%; p50 {d['med']:.1f}ms p95 {d['p(95)']:.1f}ms p99 {d.get('p(99)', float('nan')):.1f}ms")
+PY
+)
+row "Ingestion scenario (k6)" "$K6_RATE req/s offered" "thresholds: exit $K6_STATUS" "$K6_FIGURES"
+INGEST_RSS=$(peak_rss_mb "$CMD_PID")
+stop_app "$CMD_PID"
+
+log "3/5 sink: $RECORDS records preloaded, then the consumer"
+PRODUCE_RATE=$("$TOOL" preload "$KAFKA_BROKERS" "$T_SINK" "$RECORDS")
+RAW_CONSUME=$("$TOOL" consume "$KAFKA_BROKERS" "$T_SINK" "$RECORDS")
+COPY_DB=$(fresh_db copy)
+"$BIN" migrate --database-url "$COPY_DB" >/dev/null 2>&1
+python3 -c "
+import uuid, sys
+n = int(sys.argv[1])
+with open(sys.argv[2], 'w') as f:
+    for _ in range(n):
+        f.write(f'{uuid.uuid4()},2009-09-28 19:03:12+00,2026-01-01 00:00:00+00\n')
+" "$RECORDS" "$WORK/rows.csv"
+COPY_SECONDS=$( { /usr/bin/env time -f %e psql -q "$COPY_DB" -c "\\copy timestamp_records FROM '$WORK/rows.csv' CSV" ; } 2>&1 | tail -1 )
+COPY_RATE=$(awk -v n="$RECORDS" -v s="$COPY_SECONDS" 'BEGIN { printf "%.0f", n / s }')
+SINK_DB=$(fresh_db sink)
+"$BIN" migrate --database-url "$SINK_DB" >/dev/null 2>&1
+start_role sink --role consumer --consumer-addr 127.0.0.1:17182 --kafka-topic "$T_SINK" --kafka-group-id "sink-$RUN" --database-url "$SINK_DB"
+read -r SINK_TOTAL SINK_STEADY < <(wait_rows "$SINK_DB" "$RECORDS")
+SINK_RATE=$(awk -v n="$RECORDS" -v s="$SINK_STEADY" 'BEGIN { printf "%.0f", n / s }')
+SINK_RSS=$(peak_rss_mb "$APP_PID")
+stop_app "$APP_PID"
+row "Sink (consumer → PostgreSQL)" "$SINK_RATE rows/s" "COPY: $COPY_RATE rows/s" "ratio $(ratio "$SINK_RATE" "$COPY_RATE"); broker raw consume $RAW_CONSUME rec/s; ${SINK_TOTAL}s incl. group join; preload $PRODUCE_RATE rec/s"
+
+log "4/5 end-to-end latency at half the peak rate"
+E2E_RATE=$(awk -v p="$PEAK" -v k="$K6_RATE" 'BEGIN { r = int(p / 2); if (r > k) r = k; if (r < 1) r = 1; print r }')
+E2E_DB=$(fresh_db e2e)
+start_role e2e --command-addr 127.0.0.1:17280 --query-addr 127.0.0.1:17281 --kafka-topic "$T_E2E" --kafka-group-id "e2e-$RUN" --database-url "$E2E_DB"
+E2E_PID=$APP_PID
+wait_http http://127.0.0.1:17280/health
+wait_http http://127.0.0.1:17281/ready
+# Latency is measured once the consumer holds its partitions, not during the group join.
+until curl -s http://127.0.0.1:17281/ready | grep -q '"assigned":\[[0-9]'; do sleep 0.1; done
+E2E_STATUS=0
+k6 run --quiet --no-color -e COMMAND_URL=http://127.0.0.1:17280 -e QUERY_URL=http://127.0.0.1:17281 -e RATE="$E2E_RATE" \
+  -e DURATION="$DURATION" --summary-export "$WORK/k6-e2e.json" loadtest/e2e.js >"$WORK/k6-e2e.txt" 2>&1 || E2E_STATUS=$?
+E2E_FIGURES=$(python3 - "$WORK/k6-e2e.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))["metrics"]
+v = m["visible_latency"]
+print(f"p50 {v['med']:.1f}ms p99 {v.get('p(99)', float('nan')):.1f}ms max {v['max']:.1f}ms")
+PY
+)
+E2E_RSS=$(peak_rss_mb "$E2E_PID")
+stop_app "$E2E_PID"
+row "End-to-end (POST → visible)" "$E2E_RATE commands/s" "peak/2 = $((PEAK / 2)) (k6 capped at $K6_RATE)" "$E2E_FIGURES; k6 exit $E2E_STATUS"
+
+log "5/5 rebuild of $RECORDS records into an empty database"
+REBUILD_DB=$(fresh_db rebuild)
+"$BIN" migrate --database-url "$REBUILD_DB" >/dev/null 2>&1
+START=$(date +%s.%N)
+"$BIN" rebuild --database-url "$REBUILD_DB" --kafka-topic "$T_SINK" --kafka-group-id "rebuild-$RUN" 2>"$WORK/rebuild.log" &
+APP_PID=$!
+REBUILD_RSS=0
+while kill -0 "$APP_PID" 2>/dev/null; do
+  r=$(peak_rss_mb "$APP_PID" 2>/dev/null || echo 0); ((r > REBUILD_RSS)) && REBUILD_RSS=$r
+  sleep 0.2
+done
+wait "$APP_PID" || die "rebuild failed: $(tail -3 "$WORK/rebuild.log")"
+REBUILD_SECONDS=$(awk -v s="$START" -v e="$(date +%s.%N)" 'BEGIN { printf "%.3f", e - s }')
+ROWS_REBUILT=$(psql -qtA "$REBUILD_DB" -c "SELECT count(*) FROM timestamp_records")
+REBUILD_RATE=$(awk -v n="$ROWS_REBUILT" -v s="$REBUILD_SECONDS" 'BEGIN { printf "%.0f", n / s }')
+row "Rebuild (chronolog rebuild)" "$REBUILD_RATE rows/s" "COPY: $COPY_RATE rows/s" "ratio $(ratio "$REBUILD_RATE" "$COPY_RATE"); $ROWS_REBUILT rows in ${REBUILD_SECONDS}s, group join included"
+row "Peak RSS" "ingest ${INGEST_RSS} MiB" "sink ${SINK_RSS} MiB, e2e ${E2E_RSS} MiB" "rebuild ${REBUILD_RSS} MiB"
+
+echo
+echo "Broker: $BROKER; records: $RECORDS; duration: $DURATION; wrk connections: $CONNECTIONS; profile: $PROFILE"
+echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), $(date -u +%Y-%m-%d)"
+echo
+echo "| figure | value | same-run baseline | notes |"
+echo "|---|---|---|---|"
+printf '%s\n' "${ROWS[@]}"
+((ROWS_REBUILT == RECORDS)) || die "rebuild wrote $ROWS_REBUILT rows, expected $RECORDS"
