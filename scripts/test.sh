@@ -12,6 +12,11 @@ log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 log "building tests"
 cargo build --all-targets --quiet
+log "fuzz targets, briefly"
+scripts/fuzz.sh
+log "benchmark smoke (keeps loadtest/bench.sh working; asserts nothing about speed)"
+loadtest/bench.sh --smoke >/dev/null
+log "unit and integration tests on real PostgreSQL and tansu"
 if cargo nextest --version >/dev/null 2>&1; then
   scripts/with-deps.sh cargo nextest run --no-fail-fast "$@"
 else
