@@ -25,7 +25,6 @@ start_tansu "$DEV_DIR"
 
 cargo build --release --quiet
 log "chronolog: commands on http://127.0.0.1:7080, queries on http://127.0.0.1:7081 (Ctrl-C stops)"
-"$CARGO_TARGET_DIR/release/chronolog" serve "$@" &
-APP_PID=$!
-trap 'kill -TERM $APP_PID 2>/dev/null; wait $APP_PID; cleanup' EXIT
-wait $APP_PID
+# In the foreground: Ctrl-C reaches chronolog, which stops gracefully; the
+# EXIT trap then stops the broker and the database.
+"$CARGO_TARGET_DIR/release/chronolog" serve "$@" || log "chronolog exited with status $?"

@@ -500,10 +500,28 @@ async fn leave_group(consumer: Arc<GroupConsumer>, timeout: Duration) {
         let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
     }
     // The partition consumers hold the consumer too; wait for them to let go
-    // so that the close below runs on this thread.
+    // so that the close below is the last reference.
     while Instant::now() < deadline && Arc::strong_count(&consumer) > 1 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    drop(consumer);
-    tracing::info!("left the consumer group");
+    // Dropping the consumer closes it, and librdkafka's close polls until the
+    // group coordinator answers: forever when the broker is gone. Close on a
+    // helper thread and wait only until the deadline, so that a shutdown is
+    // bounded; a process that is exiting leaves the helper behind.
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    let closer = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = closed_tx.send(());
+        });
+    let remaining = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
+    match closer.map(|_| closed_rx.recv_timeout(remaining)) {
+        Ok(Ok(())) => tracing::info!("left the consumer group"),
+        _ => {
+            tracing::warn!(waited = ?remaining, "the consumer did not close in time (is the broker reachable?); leaving it behind")
+        }
+    }
 }

@@ -457,3 +457,65 @@ async fn killing_the_consumer_process_ten_times_mid_stream_loses_and_doubles_not
     last.kill();
     front.stop().await;
 }
+
+/// SIGTERM is a bounded shutdown even when the broker is gone: librdkafka's
+/// consumer close would otherwise wait for the group coordinator forever.
+#[actix_rt::test]
+async fn sigterm_with_the_broker_gone_still_exits_within_the_drain_timeout() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let mut settings = settings(&create_database().await);
+    settings.kafka_brokers = mock.bootstrap_servers();
+    settings.kafka_session_timeout = Duration::from_secs(4);
+    for topic in [settings.kafka_topic.clone(), settings.dead_letter_topic()] {
+        mock.create_topic(&topic, 3, 1).expect("topic");
+    }
+    let mut consumer = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--role",
+            "consumer",
+            "--consumer-addr",
+            "127.0.0.1:0",
+        ])
+        .env("DATABASE_URL", &settings.database_url)
+        .env("KAFKA_BROKERS", &settings.kafka_brokers)
+        .env("KAFKA_TOPIC", &settings.kafka_topic)
+        .env("KAFKA_GROUP_ID", &settings.kafka_group_id)
+        .env("DRAIN_TIMEOUT", "3s")
+        .env("LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("consumer starts");
+    // Let it join and project, then take the broker away.
+    let front = TestApp::spawn_with(settings.clone(), &[Role::Command]).await;
+    let id = front.accept(None).await;
+    wait_for_exact_ids(&settings.database_url, &HashSet::from([id])).await;
+    front.stop().await;
+    drop(mock);
+    let started = std::time::Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &consumer.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = loop {
+        if let Some(exit) = consumer.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit}");
+    // Drain timeout (3 s) plus the close deadline's margin (5 s) and start-up slack.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+}
