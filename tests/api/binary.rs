@@ -4,11 +4,11 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::helpers::{DEADLINE, brokers, create_database, eventually, unique};
+use crate::helpers::{brokers, create_database, eventually, unique};
 
 const BIN: &str = env!("CARGO_BIN_EXE_chronolog");
 
@@ -157,14 +157,7 @@ async fn json_logs_carry_the_correlation_id_on_both_sides_and_sigterm_exits_clea
         .status()
         .unwrap();
     assert!(status.success());
-    let started = Instant::now();
-    let exit = loop {
-        if let Some(exit) = running.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(started.elapsed() < DEADLINE, "no exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = crate::helpers::wait_for_exit(&mut running.child).await;
     assert!(exit.success(), "SIGTERM is a clean exit: {exit}");
 
     let lines = running.lines.lock().unwrap();
@@ -228,14 +221,7 @@ async fn sigterm_under_load_answers_what_is_in_flight_and_loses_no_acknowledged_
     };
     let (answers, ()) = futures::join!(requests, terminate);
     let mut running = running;
-    let started = Instant::now();
-    let exit = loop {
-        if let Some(exit) = running.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(started.elapsed() < DEADLINE, "no exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = crate::helpers::wait_for_exit(&mut running.child).await;
     assert!(exit.success(), "{exit}");
 
     let mut acknowledged = vec![first.json::<serde_json::Value>().await.ok()];

@@ -548,6 +548,11 @@ impl ChildProcess {
         Self(child)
     }
 
+    /// The process itself.
+    pub fn child(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+
     /// SIGKILL, and reap it.
     pub fn kill(&mut self) {
         let _ = self.0.kill();
@@ -563,6 +568,12 @@ impl Drop for ChildProcess {
 
 /// A consumer-only `chronolog serve` process with `settings`.
 pub fn spawn_consumer_process(settings: &Settings) -> ChildProcess {
+    spawn_consumer_process_with(settings, &[])
+}
+
+/// A consumer-only `chronolog serve` process with `settings` and extra
+/// environment variables.
+pub fn spawn_consumer_process_with(settings: &Settings, env: &[(&str, &str)]) -> ChildProcess {
     let child = std::process::Command::new(BIN)
         .args([
             "serve",
@@ -583,6 +594,7 @@ pub fn spawn_consumer_process(settings: &Settings) -> ChildProcess {
             "LOG_LEVEL",
             std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
         )
+        .envs(env.iter().copied())
         .stdout(process_log(&format!(
             "consumer-{}",
             settings.kafka_group_id
@@ -630,4 +642,16 @@ pub async fn post_many(app: &TestApp, count: usize, accepted: Arc<AtomicUsize>) 
         .buffer_unordered(32)
         .collect()
         .await
+}
+
+/// Waits for `child` to exit, polling; panics after [`DEADLINE`].
+pub async fn wait_for_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(exit) = child.try_wait().expect("child status") {
+            return exit;
+        }
+        assert!(started.elapsed() < DEADLINE, "no exit after {DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

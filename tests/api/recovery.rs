@@ -18,7 +18,8 @@ use uuid::Uuid;
 
 use crate::helpers::{
     BIN, PrivatePostgres, TestApp, create_database, eventually, post_many, produce_raw, read_topic,
-    row_ids, settings, spawn_consumer_process, view_checksum, wait_for_exact_ids,
+    row_ids, settings, spawn_consumer_process, spawn_consumer_process_with, view_checksum,
+    wait_for_exact_ids,
 };
 
 fn good_value(id: Uuid) -> String {
@@ -197,9 +198,12 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_good_ones_around_the
     app.stop().await;
 }
 
-/// Moves the group's committed Kafka offsets back to the start of every
-/// partition, as a Kafka commit that lagged behind the view's would leave them.
-async fn rewind_kafka_offsets(settings: &chronolog::config::Settings) {
+/// Runs `work` on a blocking thread with a client of the group (which never
+/// joins it) and the topic.
+async fn with_group_client<T: Send + 'static>(
+    settings: &chronolog::config::Settings,
+    work: impl FnOnce(&BaseConsumer, &str) -> T + Send + 'static,
+) -> T {
     let (brokers, topic, group) = (
         settings.kafka_brokers.clone(),
         settings.kafka_topic.clone(),
@@ -211,15 +215,24 @@ async fn rewind_kafka_offsets(settings: &chronolog::config::Settings) {
             .set("group.id", &group)
             .create()
             .unwrap();
+        work(&consumer, &topic)
+    })
+    .await
+    .unwrap()
+}
+
+/// Moves the group's committed Kafka offsets back to the start of every
+/// partition, as a Kafka commit that lagged behind the view's would leave them.
+async fn rewind_kafka_offsets(settings: &chronolog::config::Settings) {
+    with_group_client(settings, move |consumer, topic| {
         let mut tpl = TopicPartitionList::new();
         for p in 0..3 {
-            tpl.add_partition_offset(&topic, p, Offset::Offset(0))
+            tpl.add_partition_offset(topic, p, Offset::Offset(0))
                 .unwrap();
         }
         consumer.commit(&tpl, CommitMode::Sync).unwrap();
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[actix_rt::test]
@@ -382,20 +395,10 @@ async fn with_the_database_down_the_consumer_blocks_and_resumes_with_nothing_los
 
 /// Sum over partitions of the group's committed Kafka offsets.
 async fn kafka_committed_sum(settings: &chronolog::config::Settings) -> i64 {
-    let (brokers, topic, group) = (
-        settings.kafka_brokers.clone(),
-        settings.kafka_topic.clone(),
-        settings.kafka_group_id.clone(),
-    );
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", &group)
-            .create()
-            .unwrap();
+    with_group_client(settings, move |consumer, topic| {
         let mut tpl = TopicPartitionList::new();
         for p in 0..3 {
-            tpl.add_partition(&topic, p);
+            tpl.add_partition(topic, p);
         }
         let committed = consumer
             .committed_offsets(tpl, Duration::from_secs(10))
@@ -407,10 +410,9 @@ async fn kafka_committed_sum(settings: &chronolog::config::Settings) -> i64 {
                 Offset::Offset(o) => o,
                 _ => 0,
             })
-            .sum()
+            .sum::<i64>()
     })
     .await
-    .unwrap()
 }
 
 /// Runs against librdkafka's mock cluster, hosted in this test process and
@@ -469,24 +471,7 @@ async fn sigterm_with_the_broker_gone_still_exits_within_the_drain_timeout() {
     for topic in [settings.kafka_topic.clone(), settings.dead_letter_topic()] {
         mock.create_topic(&topic, 3, 1).expect("topic");
     }
-    let mut consumer = std::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--role",
-            "consumer",
-            "--consumer-addr",
-            "127.0.0.1:0",
-        ])
-        .env("DATABASE_URL", &settings.database_url)
-        .env("KAFKA_BROKERS", &settings.kafka_brokers)
-        .env("KAFKA_TOPIC", &settings.kafka_topic)
-        .env("KAFKA_GROUP_ID", &settings.kafka_group_id)
-        .env("DRAIN_TIMEOUT", "3s")
-        .env("LOG_LEVEL", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("consumer starts");
+    let mut consumer = spawn_consumer_process_with(&settings, &[("DRAIN_TIMEOUT", "3s")]);
     // Let it join and project, then take the broker away.
     let front = TestApp::spawn_with(settings.clone(), &[Role::Command]).await;
     let id = front.accept(None).await;
@@ -496,21 +481,12 @@ async fn sigterm_with_the_broker_gone_still_exits_within_the_drain_timeout() {
     let started = std::time::Instant::now();
     assert!(
         std::process::Command::new("kill")
-            .args(["-TERM", &consumer.id().to_string()])
+            .args(["-TERM", &consumer.child().id().to_string()])
             .status()
             .unwrap()
             .success()
     );
-    let exit = loop {
-        if let Some(exit) = consumer.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = crate::helpers::wait_for_exit(consumer.child()).await;
     assert!(exit.success(), "{exit}");
     // Drain timeout (3 s) plus the close deadline's margin (5 s) and start-up slack.
     assert!(
