@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use serde::Serialize;
 use serde_json::json;
 
 use crate::config::Settings;
 use crate::db::{Pool, queries};
 use crate::kafka::group::GroupStatus;
-use crate::kafka::{TracingContext, base_config};
+use crate::kafka::{TracingContext, base_config, topic_partitions};
 use crate::metrics::metrics;
 
 /// How long one dependency check may take.
@@ -53,15 +53,12 @@ impl BrokerProbe {
 
     async fn check(self: Arc<Self>) -> Result<(), String> {
         tokio::task::spawn_blocking(move || {
-            let metadata = self
-                .client
-                .client()
-                .fetch_metadata(Some(&self.topic), CHECK_TIMEOUT)
+            let partitions = topic_partitions(&self.client, &self.topic, CHECK_TIMEOUT)
                 .map_err(|e| e.to_string())?;
-            match metadata.topics().iter().find(|t| t.name() == self.topic) {
-                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
-                _ => Err(format!("topic {} is not available", self.topic)),
+            if partitions.is_empty() {
+                return Err(format!("topic {} is not available", self.topic));
             }
+            Ok(())
         })
         .await
         .map_err(|e| e.to_string())?

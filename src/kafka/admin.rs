@@ -10,7 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::Settings;
-use crate::kafka::{TracingContext, base_config};
+use crate::kafka::{TracingContext, base_config, topic_partitions};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,15 +36,8 @@ pub enum AdminError {
 pub fn partition_count(settings: &Settings, topic: &str) -> Result<Option<usize>, KafkaError> {
     let client: BaseConsumer<TracingContext> =
         base_config(settings).create_with_context(TracingContext)?;
-    let metadata = client
-        .client()
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len())
-        .filter(|&n| n > 0))
+    let partitions = topic_partitions(&client, topic, METADATA_TIMEOUT)?;
+    Ok(Some(partitions.len()).filter(|&n| n > 0))
 }
 
 /// Creates the command topic and its dead-letter topic with
@@ -111,14 +104,7 @@ pub fn watermarks(
 ) -> Result<BTreeMap<i32, (i64, i64)>, KafkaError> {
     let client: BaseConsumer<TracingContext> =
         base_config(settings).create_with_context(TracingContext)?;
-    let metadata = client.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    partitions
+    topic_partitions(&client, topic, METADATA_TIMEOUT)?
         .into_iter()
         .map(|p| Ok((p, client.fetch_watermarks(topic, p, METADATA_TIMEOUT)?)))
         .collect()

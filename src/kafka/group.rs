@@ -461,15 +461,9 @@ impl Drop for ConsumerGroup {
 
 /// Every partition of `topic`, for a manual assignment.
 fn all_partitions(consumer: &GroupConsumer, topic: &str) -> KafkaResult<TopicPartitionList> {
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
-    for partition in metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions())
-    {
-        tpl.add_partition(topic, partition.id());
+    for partition in crate::kafka::topic_partitions(consumer, topic, Duration::from_secs(10))? {
+        tpl.add_partition(topic, partition);
     }
     Ok(tpl)
 }

@@ -17,7 +17,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::config::Settings;
-use crate::kafka::{TracingContext, base_config};
+use crate::kafka::{TracingContext, base_config, topic_partitions};
 use crate::metrics::metrics;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,15 +102,7 @@ impl Drop for LagMonitor {
 
 impl Probe {
     fn measure(&self) -> Result<BTreeMap<i32, PartitionLag>, KafkaError> {
-        let metadata = self
-            .offsets
-            .fetch_metadata(Some(&self.topic), REQUEST_TIMEOUT)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == self.topic)
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
+        let partitions = topic_partitions(&self.offsets, &self.topic, REQUEST_TIMEOUT)?;
         let mut query = TopicPartitionList::new();
         for &p in &partitions {
             query.add_partition(&self.topic, p);

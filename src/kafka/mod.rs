@@ -44,6 +44,26 @@ impl ClientContext for TracingContext {
     }
 }
 
+/// The partition ids of `topic` as the broker reports them; empty when the
+/// topic is absent or reported with an error. Blocking.
+pub fn topic_partitions<C, K>(
+    client: &K,
+    topic: &str,
+    timeout: std::time::Duration,
+) -> rdkafka::error::KafkaResult<Vec<i32>>
+where
+    C: rdkafka::consumer::ConsumerContext,
+    K: rdkafka::consumer::Consumer<C>,
+{
+    let metadata = client.fetch_metadata(Some(topic), timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
+}
+
 /// Metadata probes use a group-less consumer with this context.
 impl rdkafka::consumer::ConsumerContext for TracingContext {}
 
