@@ -48,6 +48,16 @@ pub struct Settings {
     #[arg(long, env = "DELIVERY_TIMEOUT", value_name = "DELIVERY_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub delivery_timeout: Duration,
 
+    /// How long the producer waits to fill a produce batch (`linger.ms`);
+    /// commands arriving together share one batch. `0ms` sends at once.
+    #[arg(long, env = "PRODUCER_LINGER", value_name = "PRODUCER_LINGER", default_value = "500us", value_parser = duration_or_zero)]
+    pub producer_linger: Duration,
+
+    /// Longest the broker holds a consumer's fetch while no record arrives
+    /// (`fetch.wait.max.ms`): a bound on the latency until visible.
+    #[arg(long, env = "FETCH_WAIT", value_name = "FETCH_WAIT", default_value = "20ms", value_parser = duration)]
+    pub fetch_wait: Duration,
+
     /// PostgreSQL URL of the view.
     #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/chronolog", value_parser = database_url)]
     pub database_url: String,
@@ -186,9 +196,12 @@ fn database_url(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
+fn duration_or_zero(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value).map_err(|e| format!("{e} (examples: 0ms, 500us, 5ms)"))
+}
+
 fn duration(value: &str) -> Result<Duration, String> {
-    let parsed =
-        humantime::parse_duration(value).map_err(|e| format!("{e} (examples: 500ms, 5s)"))?;
+    let parsed = duration_or_zero(value)?;
     if parsed.is_zero() {
         return Err("must be greater than zero".into());
     }
@@ -213,6 +226,9 @@ mod tests {
         assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(duration("0s").is_err());
         assert!(duration("soon").is_err());
+        assert_eq!(duration_or_zero("0ms"), Ok(Duration::ZERO));
+        assert_eq!(duration_or_zero("500us"), Ok(Duration::from_micros(500)));
+        assert!(duration_or_zero("-1ms").is_err());
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub(crate) fn base_config(settings: &Settings) -> ClientConfig {
     config
 }
 
+/// A duration as librdkafka's fractional milliseconds.
+fn millis(d: std::time::Duration) -> String {
+    format!("{}", d.as_secs_f64() * 1000.0)
+}
+
 /// The idempotent producer: `acks=all`, no reordering or duplicates on
 /// retries, and a delivery bounded by the configured timeout.
 pub fn producer_config(settings: &Settings) -> ClientConfig {
@@ -89,7 +94,7 @@ pub fn producer_config(settings: &Settings) -> ClientConfig {
         )
         // Concurrent requests share produce batches; a short linger keeps a
         // quiet service's latency low.
-        .set("linger.ms", "2");
+        .set("linger.ms", millis(settings.producer_linger));
     config
 }
 
@@ -106,7 +111,10 @@ pub fn consumer_config(settings: &Settings, group_id: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         // Latency until visible: a fetch returns as soon as one record is there.
-        .set("fetch.wait.max.ms", "20")
+        .set(
+            "fetch.wait.max.ms",
+            settings.fetch_wait.as_millis().to_string(),
+        )
         .set(
             "session.timeout.ms",
             settings.kafka_session_timeout.as_millis().to_string(),

@@ -87,6 +87,8 @@ pub fn settings(database_url: &str) -> Settings {
         kafka_session_timeout: Duration::from_secs(10),
         kafka_group_instance_id: String::new(),
         delivery_timeout: Duration::from_secs(10),
+        producer_linger: Duration::from_micros(500),
+        fetch_wait: Duration::from_millis(20),
         database_url: database_url.to_owned(),
         database_pool_size: 4,
         batch_max_records: 500,
