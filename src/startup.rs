@@ -10,7 +10,7 @@ use anyhow::Context as _;
 
 use crate::actors::db_writer::DbWriter;
 use crate::actors::ingestion::Ingestion;
-use crate::actors::producer::KafkaProducer;
+use crate::actors::producer::{KafkaProducer, SharedProducer};
 use crate::config::{Role, Settings};
 use crate::http::ops::{BrokerProbe, Readiness};
 use crate::http::{self, RunningServer};
@@ -59,12 +59,21 @@ impl Application {
         } else {
             None
         };
-        let producer = if uses_broker {
-            let actor = KafkaProducer::new(settings.clone())
-                .context("KAFKA_BROKERS: cannot create the producer")?;
-            Some(Supervisor::start(move |_| actor))
+        let shared_producer = if uses_broker {
+            Some(
+                SharedProducer::new(settings.clone())
+                    .context("KAFKA_BROKERS: cannot create the producer")?,
+            )
         } else {
             None
+        };
+        // Dead letters go through a producer actor of the system arbiter.
+        let producer = match (&shared_producer, has(Role::Consumer)) {
+            (Some(shared), true) => {
+                let shared = shared.clone();
+                Some(Supervisor::start(move |_| KafkaProducer::new(shared)))
+            }
+            _ => None,
         };
 
         let mut app = Self {
@@ -87,7 +96,7 @@ impl Application {
             broker: broker.clone(),
             ..Readiness::default()
         };
-        if let (true, Some(producer)) = (has(Role::Consumer), &producer) {
+        if let Some(producer) = &producer {
             let (url, size) = (settings.database_url.clone(), settings.database_pool_size);
             let writer = Supervisor::start(move |_| DbWriter::new(url, size));
             let group = ConsumerGroup::start(
@@ -108,13 +117,17 @@ impl Application {
             ));
         }
 
-        if let (true, Some(producer)) = (has(Role::Command), &producer) {
-            let producer = producer.clone();
-            let ingestion =
-                actix_web::web::Data::new(Supervisor::start(move |_| Ingestion::new(producer)));
+        if let (true, Some(shared)) = (has(Role::Command), &shared_producer) {
+            let shared = shared.clone();
             let ready = readiness.clone();
             let mut server = http::bind(settings.command_addr, "command", move |cfg| {
-                cfg.app_data(ingestion.clone())
+                // Runs on each HTTP worker thread: its ingestion and producer
+                // actors live on that thread's arbiter, so that a command is
+                // handed from actor to actor without crossing threads.
+                let shared = shared.clone();
+                let producer = Supervisor::start(move |_| KafkaProducer::new(shared));
+                let ingestion = Supervisor::start(move |_| Ingestion::new(producer));
+                cfg.app_data(actix_web::web::Data::new(ingestion))
                     .app_data(actix_web::web::Data::new(ready.clone()))
                     .configure(http::command::routes);
             })

@@ -2,10 +2,15 @@
 //!
 //! | actor | file | owns | receives from | messages | mailbox |
 //! |---|---|---|---|---|---|
-//! | [`Ingestion`](ingestion::Ingestion) | `ingestion.rs` | nothing | HTTP command handlers | `SubmitCommand` → `CommandAccepted` | 4096 |
-//! | [`KafkaProducer`](producer::KafkaProducer) | `producer.rs` | the idempotent producer | `Ingestion`, partition consumers | `PublishCommand`, `PublishDeadLetter` → `Delivered` | 4096 |
+//! | [`Ingestion`](ingestion::Ingestion) | `ingestion.rs` | nothing | HTTP command handlers of its worker thread | `SubmitCommand` → `CommandAccepted` | 4096 |
+//! | [`KafkaProducer`](producer::KafkaProducer) | `producer.rs` | a handle on the process's idempotent producer | `Ingestion` of its worker thread; partition consumers (one on the system arbiter) | `PublishCommand`, `PublishDeadLetter` → `Delivered` | 4096 |
 //! | [`PartitionConsumer`](partition_consumer::PartitionConsumer) | `partition_consumer.rs` | one partition's queue, its committed offset | the group's rebalance callback | `Drain` → `PartitionDrained` | 16 |
 //! | [`DbWriter`](db_writer::DbWriter) | `db_writer.rs` | the write-side connection pool | partition consumers, the group | `WriteBatch` → `BatchCommitted`, `LoadOffsets` | 1024 |
+//!
+//! The command API runs one `Ingestion` and one `KafkaProducer` on each HTTP
+//! worker thread, so that a command goes from handler to librdkafka without
+//! crossing threads; all of them share one librdkafka client (one producer
+//! id, shared produce batches).
 //!
 //! Every actor runs under an `actix::Supervisor`, which restarts an actor that
 //! *stops*; none of them panics: failures are values, and an actor whose

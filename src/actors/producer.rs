@@ -1,14 +1,20 @@
-//! The Kafka producer actor: owns the idempotent producer and answers every
-//! publish with the broker's delivery result.
+//! The Kafka producer actor: publishes through the process's idempotent
+//! producer and answers every publish with the broker's delivery result.
 //!
 //! Handlers do not wait for each other: concurrent publishes are in flight
-//! together and librdkafka packs them into shared produce batches. A fatal
-//! producer error (the idempotence guarantee can no longer be kept) stops the
-//! actor, and its supervisor builds a fresh producer.
+//! together and librdkafka packs them into shared produce batches. One
+//! [`SharedProducer`] (one librdkafka client, one producer id) serves every
+//! `KafkaProducer` actor of the process: the command API runs one actor per
+//! HTTP worker thread, so that a command never crosses threads on its way to
+//! librdkafka. A fatal producer error (the idempotence guarantee can no
+//! longer be kept) stops the actor that saw it, and its supervisor replaces
+//! the shared client once for all of them.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -76,20 +82,74 @@ pub enum ProduceError {
     Unavailable(String),
 }
 
-/// Owns the idempotent producer.
-pub struct KafkaProducer {
+/// The process's idempotent producer client, shared by its producer actors.
+pub struct SharedProducer {
     settings: Settings,
+    /// The client and its generation; the generation grows with each rebuild.
+    current: Mutex<(u64, Option<Client>)>,
+}
+
+impl SharedProducer {
+    /// Builds the client; fails only on an invalid configuration.
+    pub fn new(settings: Settings) -> Result<Arc<Self>, KafkaError> {
+        let client = Self::create(&settings)?;
+        Ok(Arc::new(Self {
+            settings,
+            current: Mutex::new((0, Some(client))),
+        }))
+    }
+
+    fn create(settings: &Settings) -> Result<Client, KafkaError> {
+        producer_config(settings).create_with_context(TracingContext)
+    }
+
+    /// The current client and its generation.
+    fn current(&self) -> (u64, Option<Client>) {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the client of generation `failed`, unless another actor has
+    /// already replaced it, and returns the current one.
+    fn renew(&self, failed: u64) -> (u64, Option<Client>) {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.0 == failed {
+            let client = Self::create(&self.settings)
+                .inspect_err(|error| tracing::error!(%error, "cannot rebuild the Kafka producer"))
+                .ok();
+            *current = (failed + 1, client);
+            tracing::warn!(generation = failed + 1, "kafka producer rebuilt");
+        }
+        current.clone()
+    }
+}
+
+/// Publishes through the shared idempotent producer.
+pub struct KafkaProducer {
+    shared: Arc<SharedProducer>,
+    generation: u64,
     client: Option<Client>,
 }
 
 impl KafkaProducer {
-    /// Builds the producer; fails only on an invalid configuration.
-    pub fn new(settings: Settings) -> Result<Self, rdkafka::error::KafkaError> {
-        let client = producer_config(&settings).create_with_context(TracingContext)?;
-        Ok(Self {
-            settings,
-            client: Some(client),
-        })
+    /// A producer actor publishing through `shared`.
+    pub fn new(shared: Arc<SharedProducer>) -> Self {
+        let (generation, client) = shared.current();
+        Self {
+            shared,
+            generation,
+            client,
+        }
+    }
+
+    /// The client to publish with; retries a rebuild that failed before.
+    fn client(&mut self) -> Option<Client> {
+        if self.client.is_none() {
+            (self.generation, self.client) = self.shared.renew(self.generation);
+        }
+        self.client.clone()
     }
 }
 
@@ -102,9 +162,9 @@ impl Actor for KafkaProducer {
 
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
         // Records handed to librdkafka are delivered (or time out) before the
-        // producer is dropped, so that no accepted publish is abandoned.
+        // actor lets go of the client, so that no accepted publish is abandoned.
         if let Some(client) = &self.client
-            && let Err(error) = client.flush(Timeout::After(self.settings.delivery_timeout))
+            && let Err(error) = client.flush(Timeout::After(self.shared.settings.delivery_timeout))
         {
             tracing::warn!(%error, "producer flush on stop did not complete");
         }
@@ -115,13 +175,8 @@ impl Actor for KafkaProducer {
 impl Supervised for KafkaProducer {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         metrics::actor_restarted(ACTOR);
-        self.client = match producer_config(&self.settings).create_with_context(TracingContext) {
-            Ok(client) => Some(client),
-            Err(error) => {
-                tracing::error!(%error, "cannot rebuild the Kafka producer");
-                None
-            }
-        };
+        // Only a fatal error stops this actor: its client is beyond repair.
+        (self.generation, self.client) = self.shared.renew(self.generation);
         tracing::warn!("kafka producer restarted");
     }
 }
@@ -142,15 +197,15 @@ impl Handler<PublishCommand> for KafkaProducer {
             value: Some(msg.correlation_id.as_str()),
         });
         let send = publish(
-            self.client.clone(),
+            self.client(),
             Outgoing {
-                topic: self.settings.kafka_topic.clone(),
+                topic: self.shared.settings.kafka_topic.clone(),
                 key: Some(key.into_bytes()),
                 value: Some(value),
                 headers,
                 kind: "command",
             },
-            self.settings.delivery_timeout,
+            self.shared.settings.delivery_timeout,
         );
         let fut = metrics::observe(ACTOR, "PublishCommand", send).instrument(span);
         Box::pin(fut.into_actor(self).map(stop_on_fatal))
@@ -168,15 +223,15 @@ impl Handler<PublishDeadLetter> for KafkaProducer {
             })
         });
         let send = publish(
-            self.client.clone(),
+            self.client(),
             Outgoing {
-                topic: self.settings.dead_letter_topic(),
+                topic: self.shared.settings.dead_letter_topic(),
                 key: msg.key,
                 value: msg.value,
                 headers,
                 kind: "dead_letter",
             },
-            self.settings.delivery_timeout,
+            self.shared.settings.delivery_timeout,
         );
         Box::pin(
             metrics::observe(ACTOR, "PublishDeadLetter", send)
