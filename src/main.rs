@@ -6,6 +6,12 @@ use clap::{Parser, Subcommand};
 use chronolog::config::{LogSettings, Role, Settings};
 use chronolog::startup::Application;
 
+/// mimalloc: request buffers, actor messages and Kafka records are allocated
+/// on one thread and freed on another; glibc's arenas spent a sixth of the
+/// ingestion path's CPU on that (loadtest/RESULTS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// chronolog: HTTP commands into Kafka, projected into PostgreSQL, queried over HTTP.
 #[derive(Parser)]
 #[command(version, about)]
