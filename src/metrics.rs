@@ -7,8 +7,8 @@ use std::sync::LazyLock;
 use std::time::Instant;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder, exponential_buckets,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder, exponential_buckets,
 };
 
 /// The process-wide metric set.
@@ -235,21 +235,65 @@ pub async fn observe<T, E>(
     message: &'static str,
     handler: impl Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
-    let m = metrics();
-    let depth = m.actor_mailbox_depth.with_label_values(&[actor]);
-    depth.inc();
+    let known = MESSAGE_METRICS
+        .iter()
+        .find(|(a, m, _)| *a == actor && *m == message)
+        .map(|(_, _, metrics)| metrics);
+    let resolved;
+    let metrics = match known {
+        Some(metrics) => metrics,
+        None => {
+            resolved = MessageMetrics::new(actor, message);
+            &resolved
+        }
+    };
+    metrics.depth.inc();
     let started = Instant::now();
     let result = handler.await;
-    depth.dec();
-    m.actor_handling_seconds
-        .with_label_values(&[actor, message])
-        .observe(started.elapsed().as_secs_f64());
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    m.actor_messages
-        .with_label_values(&[actor, message, outcome])
-        .inc();
+    metrics.depth.dec();
+    metrics.seconds.observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(_) => metrics.ok.inc(),
+        Err(_) => metrics.error.inc(),
+    }
     result
 }
+
+/// The series one actor message type updates, resolved once: looking labels
+/// up on every message was a measurable share of the ingestion path.
+struct MessageMetrics {
+    depth: IntGauge,
+    seconds: Histogram,
+    ok: IntCounter,
+    error: IntCounter,
+}
+
+impl MessageMetrics {
+    fn new(actor: &str, message: &str) -> Self {
+        let m = metrics();
+        Self {
+            depth: m.actor_mailbox_depth.with_label_values(&[actor]),
+            seconds: m
+                .actor_handling_seconds
+                .with_label_values(&[actor, message]),
+            ok: m.actor_messages.with_label_values(&[actor, message, "ok"]),
+            error: m
+                .actor_messages
+                .with_label_values(&[actor, message, "error"]),
+        }
+    }
+}
+
+static MESSAGE_METRICS: LazyLock<Vec<(&str, &str, MessageMetrics)>> = LazyLock::new(|| {
+    ACTOR_MESSAGES
+        .iter()
+        .flat_map(|(actor, messages)| {
+            messages
+                .iter()
+                .map(|message| (*actor, *message, MessageMetrics::new(actor, message)))
+        })
+        .collect()
+});
 
 /// The actors and the messages each handles, as they appear in labels.
 pub const ACTOR_MESSAGES: [(&str, &[&str]); 4] = [

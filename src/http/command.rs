@@ -12,12 +12,12 @@ use crate::http::error::ApiError;
 /// Routes of the command API.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/api/v1/timestamp")
+        super::resource("/api/v1/timestamp")
             .route(web::post().to(submit_now))
             .default_service(web::to(super::method_not_allowed)),
     )
     .service(
-        web::resource("/api/v1/timestamp/{timestamp}")
+        super::resource("/api/v1/timestamp/{timestamp}")
             .route(web::post().to(submit_at))
             .default_service(web::to(super::method_not_allowed)),
     );

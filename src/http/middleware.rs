@@ -6,6 +6,7 @@
 //! recorded as a span field so that every log line of the request carries it,
 //! and echoed in the response.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -16,6 +17,7 @@ use actix_web::{Error, FromRequest, HttpMessage, HttpRequest, ResponseError};
 use tracing::Instrument;
 
 use crate::domain::CorrelationId;
+use crate::http::Route;
 use crate::http::error::ApiError;
 use crate::metrics::metrics;
 
@@ -47,10 +49,7 @@ pub async fn observe(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
     let given = req
         .headers()
         .get(CORRELATION_HEADER)
@@ -66,8 +65,12 @@ pub async fn observe(
     });
     let response = match correlation {
         Ok(correlation_id) => {
-            let span =
-                tracing::info_span!("request", correlation_id = %correlation_id, %method, route);
+            let span = tracing::info_span!(
+                "request",
+                correlation_id = %correlation_id,
+                %method,
+                path = req.path()
+            );
             req.extensions_mut().insert(correlation_id.clone());
             let mut response = next.call(req).instrument(span).await?.map_into_boxed_body();
             if let Ok(value) = HeaderValue::from_str(correlation_id.as_str()) {
@@ -83,17 +86,29 @@ pub async fn observe(
         }
     };
     let status = response.status();
+    let route = route_label(response.request());
     let m = metrics();
     m.http_requests
-        .with_label_values(&[&route, &method, status.as_str()])
+        .with_label_values(&[&route, method.as_str(), status.as_str()])
         .inc();
     m.http_request_seconds
         .with_label_values(&[&route])
         .observe(started.elapsed().as_secs_f64());
     if status.is_server_error() {
-        tracing::warn!(status = status.as_u16(), route, "request failed");
+        tracing::warn!(status = status.as_u16(), route = %route, "request failed");
     }
     Ok(response)
+}
+
+/// The `route` label: the pattern of the resource that served the request;
+/// for a request refused before routing, the pattern its path matches.
+fn route_label(req: &HttpRequest) -> Cow<'static, str> {
+    match req.app_data::<Route>() {
+        Some(Route(pattern)) => Cow::Borrowed(pattern),
+        None => req
+            .match_pattern()
+            .map_or(Cow::Borrowed("unmatched"), Cow::Owned),
+    }
 }
 
 impl FromRequest for CorrelationId {

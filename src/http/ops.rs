@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpResponse, guard, web};
 use rdkafka::consumer::BaseConsumer;
 use serde::Serialize;
 use serde_json::json;
@@ -21,9 +21,14 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Routes of the operations endpoints.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health))
-        .route("/ready", web::get().to(ready))
-        .route("/metrics", web::get().to(render_metrics));
+    // Guarded like `ServiceConfig::route`: other methods fall through to 404.
+    for (pattern, route) in [
+        ("/health", web::get().to(health)),
+        ("/ready", web::get().to(ready)),
+        ("/metrics", web::get().to(render_metrics)),
+    ] {
+        cfg.service(super::resource(pattern).guard(guard::Get()).route(route));
+    }
 }
 
 async fn health() -> HttpResponse {

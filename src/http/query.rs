@@ -11,7 +11,7 @@ use crate::http::error::{ApiError, shorten};
 /// Routes of the query API.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/api/v1/timestamp/{id}")
+        super::resource("/api/v1/timestamp/{id}")
             .route(web::get().to(get_timestamp))
             .default_service(web::to(super::method_not_allowed)),
     );
