@@ -6,11 +6,21 @@
 //! - `preload BROKERS TOPIC N`: produces N valid commands as fast as the
 //!   producer goes and prints `records/s`;
 //! - `consume BROKERS TOPIC N`: reads N records from the beginning and prints
-//!   `records/s` (the broker's raw consume rate, the sink's other baseline).
+//!   `records/s` (the broker's raw consume rate, the sink's other baseline);
+//! - `e2e COMMAND_URL QUERY_URL RATE SECONDS SAMPLE_EVERY`: an open-loop load
+//!   of RATE commands/s (sent on schedule whether or not earlier ones were
+//!   answered, so a slow server cannot slow the load down); every
+//!   SAMPLE_EVERY-th command is a probe, whose query is polled from its 202
+//!   until it is visible (every millisecond, or a twentieth of the time so
+//!   far once that is longer). Prints one line of
+//!   `key=value` figures; the probes' latency runs from sending the POST to
+//!   the first GET that finds the record.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chronolog::domain::TimestampCommand;
@@ -34,9 +44,16 @@ fn main() {
         }
         ["preload", brokers, topic, n] => preload(brokers, topic, n.parse().expect("count")),
         ["consume", brokers, topic, n] => consume(brokers, topic, n.parse().expect("count")),
+        ["e2e", command, query, rate, seconds, sample_every] => e2e(
+            command,
+            query,
+            rate.parse().expect("rate"),
+            seconds.parse().expect("seconds"),
+            sample_every.parse().expect("sample_every"),
+        ),
         _ => {
             eprintln!(
-                "usage: bench_tool mock-broker PARTITIONS TOPIC... | preload BROKERS TOPIC N | consume BROKERS TOPIC N"
+                "usage: bench_tool mock-broker PARTITIONS TOPIC... | preload BROKERS TOPIC N | consume BROKERS TOPIC N | e2e COMMAND_URL QUERY_URL RATE SECONDS SAMPLE_EVERY"
             );
             std::process::exit(2);
         }
@@ -125,4 +142,116 @@ fn consume(brokers: &str, topic: &str, n: u64) {
         );
     }
     println!("{:.0}", n as f64 / started.elapsed().as_secs_f64());
+}
+
+/// What the open-loop load saw.
+#[derive(Default)]
+struct LoadOutcome {
+    accepted: AtomicU64,
+    /// Answered with another status than 202.
+    refused: AtomicU64,
+    /// No answer at all (connection refused or reset).
+    failed: AtomicU64,
+    lost_probes: AtomicU64,
+    /// Milliseconds from POST to visible, one per probe.
+    visible: Mutex<Vec<f64>>,
+}
+
+/// How long a probe waits for its record before counting it as lost.
+const PROBE_GIVE_UP: Duration = Duration::from_secs(30);
+
+fn e2e(command: &str, query: &str, rate: u64, seconds: u64, sample_every: u64) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(4096)
+            .build()
+            .expect("http client");
+        let post_url = Arc::new(format!("{command}/api/v1/timestamp/2009-09-28T19:03:12Z"));
+        let query = Arc::new(query.to_owned());
+        let outcome = Arc::new(LoadOutcome::default());
+        let total = rate * seconds;
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut sent = 0;
+        while sent < total {
+            tick.tick().await;
+            let due = (u128::from(rate) * started.elapsed().as_micros() / 1_000_000) as u64;
+            while sent < due.min(total) {
+                sent += 1;
+                let probe = sent % sample_every == 0;
+                let (client, post_url, query, outcome) = (
+                    client.clone(),
+                    post_url.clone(),
+                    query.clone(),
+                    outcome.clone(),
+                );
+                tasks.spawn(async move {
+                    let sent_at = Instant::now();
+                    let id = match client.post(post_url.as_str()).send().await {
+                        Ok(r) if r.status().as_u16() == 202 => {
+                            outcome.accepted.fetch_add(1, Ordering::Relaxed);
+                            if !probe {
+                                return;
+                            }
+                            let body: serde_json::Value = r.json().await.expect("202 body");
+                            body["id"].as_str().expect("id").to_owned()
+                        }
+                        Ok(_) => {
+                            outcome.refused.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                        Err(_) => {
+                            outcome.failed.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    };
+                    let url = format!("{query}/api/v1/timestamp/{id}");
+                    while sent_at.elapsed() < PROBE_GIVE_UP {
+                        if let Ok(r) = client.get(&url).send().await
+                            && r.status().as_u16() == 200
+                        {
+                            let ms = sent_at.elapsed().as_secs_f64() * 1000.0;
+                            outcome.visible.lock().expect("lock").push(ms);
+                            return;
+                        }
+                        // Resolution within 5 % of the latency so far, so that
+                        // slow probes do not flood the query API.
+                        let wait = (sent_at.elapsed() / 20).max(Duration::from_millis(1));
+                        tokio::time::sleep(wait).await;
+                    }
+                    outcome.lost_probes.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+            while tasks.try_join_next().is_some() {}
+        }
+        let sending = started.elapsed().as_secs_f64();
+        while tasks.join_next().await.is_some() {}
+        let mut visible = outcome.visible.lock().expect("lock").clone();
+        visible.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            visible
+                .get(((visible.len() as f64 * p).ceil() as usize).saturating_sub(1))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "offered={rate} achieved={:.0} accepted={} refused={} failed={} probes={} lost={} p50={:.1} p99={:.1} max={:.1}",
+            sent as f64 / sending,
+            outcome.accepted.load(Ordering::Relaxed),
+            outcome.refused.load(Ordering::Relaxed),
+            outcome.failed.load(Ordering::Relaxed),
+            visible.len(),
+            outcome.lost_probes.load(Ordering::Relaxed),
+            pct(0.50),
+            pct(0.99),
+            visible.last().copied().unwrap_or(f64::NAN),
+        );
+    });
 }
