@@ -10,7 +10,7 @@
 //! - `e2e COMMAND_URL QUERY_URL RATE SECONDS SAMPLE_EVERY`: an open-loop load
 //!   of RATE commands/s (sent on schedule whether or not earlier ones were
 //!   answered, so a slow server cannot slow the load down); every
-//!   SAMPLE_EVERY-th command is a probe, whose query is polled from its 202
+//!   SAMPLE_EVERY-th command (none if 0) is a probe, whose query is polled from its 202
 //!   until it is visible (every millisecond, or a twentieth of the time so
 //!   far once that is longer). Prints one line of
 //!   `key=value` figures; the probes' latency runs from sending the POST to
@@ -185,7 +185,7 @@ fn e2e(command: &str, query: &str, rate: u64, seconds: u64, sample_every: u64) {
             let due = (u128::from(rate) * started.elapsed().as_micros() / 1_000_000) as u64;
             while sent < due.min(total) {
                 sent += 1;
-                let probe = sent % sample_every == 0;
+                let probe = sample_every > 0 && sent % sample_every == 0;
                 let (client, post_url, query, outcome) = (
                     client.clone(),
                     post_url.clone(),

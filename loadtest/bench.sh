@@ -172,9 +172,14 @@ wait_http http://127.0.0.1:17281/ready
 # Latency is measured once the consumer holds its partitions, not during the group join.
 until curl -s http://127.0.0.1:17281/ready | grep -q '"assigned":\[[0-9]'; do sleep 0.1; done
 curl -sf -X POST http://127.0.0.1:17280/api/v1/timestamp >/dev/null  # the producer id
-# cpu_ticks PID...: CPU time used so far by the processes, in clock ticks.
-cpu_ticks() { for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null; done | awk '{s += $1} END {print s + 0}'; }
-PG_PIDS=$(pgrep -u postgres -d ' ' postgres || true)
+# ticks_now FILE: CPU clock ticks used so far by every process, by pid.
+ticks_now() { cat /proc/[0-9]*/stat 2>/dev/null | awk '{print $1, $14 + $15}' >"$1"; }
+# ticks_used BEFORE AFTER PID...: ticks the processes used between two
+# snapshots; a process started in between (a PostgreSQL backend) counts from zero.
+ticks_used() {
+  local before=$1 after=$2; shift 2
+  awk -v list=" $* " 'NR == FNR {s[$1] = $2; next} index(list, " " $1 " ") {d += $2 - s[$1]} END {print d + 0}' "$before" "$after"
+}
 case $BROKER in mock) BROKER_PIDS=${PIDS[0]} ;; tansu) BROKER_PIDS=$TANSU_PID ;; *) BROKER_PIDS="" ;; esac
 SECONDS_PER_RATE=${DURATION%s}
 # From low to high, so that a backlog left by an overloaded run cannot
@@ -182,12 +187,16 @@ SECONDS_PER_RATE=${DURATION%s}
 for divisor in 8 4 2; do
   rate=$((PEAK / divisor)); ((rate > 0)) || rate=1; ((rate <= E2E_MAX_RATE)) || rate=$E2E_MAX_RATE
   sample_every=$(((rate + 99) / 100))
-  c0=$(cpu_ticks "$E2E_PID") p0=$(cpu_ticks $PG_PIDS) b0=$(cpu_ticks $BROKER_PIDS) i0=$(awk '/^cpu / {print $5}' /proc/stat) t0=$(date +%s.%N)
+  ticks_now "$WORK/ticks-before"; i0=$(awk '/^cpu / {print $5}' /proc/stat) t0=$(date +%s.%N)
   /usr/bin/env time -f "%e %U %S" -o "$WORK/e2e-gen-$divisor.time" \
     "$TOOL" e2e http://127.0.0.1:17280 http://127.0.0.1:17281 "$rate" "$SECONDS_PER_RATE" "$sample_every" >"$WORK/e2e-$divisor.txt"
-  c1=$(cpu_ticks "$E2E_PID") p1=$(cpu_ticks $PG_PIDS) b1=$(cpu_ticks $BROKER_PIDS) i1=$(awk '/^cpu / {print $5}' /proc/stat) t1=$(date +%s.%N)
+  ticks_now "$WORK/ticks-after"; i1=$(awk '/^cpu / {print $5}' /proc/stat) t1=$(date +%s.%N)
+  PG_PIDS=$(pgrep -u postgres -d ' ' || true)
+  c=$(ticks_used "$WORK/ticks-before" "$WORK/ticks-after" "$E2E_PID")
+  p=$(ticks_used "$WORK/ticks-before" "$WORK/ticks-after" $PG_PIDS)
+  b=$(ticks_used "$WORK/ticks-before" "$WORK/ticks-after" $BROKER_PIDS)
   # CPU of each part as a share of one core over the run.
-  SPLIT=$(awk -v c=$((c1 - c0)) -v p=$((p1 - p0)) -v b=$((b1 - b0)) -v i=$((i1 - i0)) -v s="$t0" -v e="$t1" -v hz="$(getconf CLK_TCK)" \
+  SPLIT=$(awk -v c="$c" -v p="$p" -v b="$b" -v i=$((i1 - i0)) -v s="$t0" -v e="$t1" -v hz="$(getconf CLK_TCK)" \
     -v g="$(awk '{print $2 + $3}' "$WORK/e2e-gen-$divisor.time")" \
     'BEGIN { d = (e - s) * hz / 100; printf "CPU: chronolog %.0f%%, PostgreSQL %.0f%%, broker %.0f%%, load generator %.0f%%, idle %.0f%% of %d%%", c / d, p / d, b / d, 100 * g / (e - s), i / d, 100 * '"$(nproc)"' }')
   FIG=$(tr ' ' '\n' <"$WORK/e2e-$divisor.txt" | awk -F= '{v[$1] = $2} END {printf "p50 %sms p99 %sms max %sms; %s probes, %s lost; %s of %s offered got a 202 (%s refused, %s unanswered)", v["p50"], v["p99"], v["max"], v["probes"], v["lost"], v["accepted"], v["offered"] * '"$SECONDS_PER_RATE"', v["refused"], v["failed"]}')
