@@ -8,8 +8,8 @@
 //! - `consume BROKERS TOPIC N`: reads N records from the beginning and prints
 //!   `records/s` (the broker's raw consume rate, the sink's other baseline);
 //! - `e2e COMMAND_URL QUERY_URL RATE SECONDS SAMPLE_EVERY`: an open-loop load
-//!   of RATE commands/s (sent on schedule whether or not earlier ones were
-//!   answered, so a slow server cannot slow the load down); every
+//!   of RATE commands/s for SECONDS (sent on schedule whether or not earlier
+//!   ones were answered, up to 1024 awaiting an answer); every
 //!   SAMPLE_EVERY-th command (none if 0) is a probe, whose query is polled from its 202
 //!   until it is visible (every millisecond, or a twentieth of the time so
 //!   far once that is longer). Prints one line of
@@ -159,6 +159,10 @@ struct LoadOutcome {
 
 /// How long a probe waits for its record before counting it as lost.
 const PROBE_GIVE_UP: Duration = Duration::from_secs(30);
+/// Commands awaiting their answer at most. An overloaded server slows the
+/// load down (`achieved` drops below `offered`) instead of being buried under
+/// ever more connections, which measured the load generator, not chronolog.
+const MAX_IN_FLIGHT: usize = 1024;
 
 fn e2e(command: &str, query: &str, rate: u64, seconds: u64, sample_every: u64) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -180,10 +184,15 @@ fn e2e(command: &str, query: &str, rate: u64, seconds: u64, sample_every: u64) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut tasks = tokio::task::JoinSet::new();
         let mut sent = 0;
-        while sent < total {
+        let deadline = started + Duration::from_secs(seconds);
+        while sent < total && Instant::now() < deadline {
             tick.tick().await;
             let due = (u128::from(rate) * started.elapsed().as_micros() / 1_000_000) as u64;
             while sent < due.min(total) {
+                if tasks.len() >= MAX_IN_FLIGHT {
+                    tasks.join_next().await;
+                    continue;
+                }
                 sent += 1;
                 let probe = sample_every > 0 && sent % sample_every == 0;
                 let (client, post_url, query, outcome) = (
