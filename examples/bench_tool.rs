@@ -188,7 +188,7 @@ fn e2e(command: &str, query: &str, rate: u64, seconds: u64, sample_every: u64) {
         while sent < total && Instant::now() < deadline {
             tick.tick().await;
             let due = (u128::from(rate) * started.elapsed().as_micros() / 1_000_000) as u64;
-            while sent < due.min(total) {
+            while sent < due.min(total) && Instant::now() < deadline {
                 if tasks.len() >= MAX_IN_FLIGHT {
                     tasks.join_next().await;
                     continue;
