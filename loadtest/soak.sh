@@ -80,8 +80,11 @@ done
 echo >&2
 wait "$LOAD" || die "the load generator failed"
 samples+=("$(rss_mb)")
-LAG=$(curl -sf http://127.0.0.1:17380/metrics | awk '/^chronolog_consumer_lag_records\{/ {n += $2} END {printf "%d", n}')
+LAG="n/a (no consumer role)"
+if [[ -z $ROLES || $ROLES == *consumer* ]]; then
+  LAG=$(curl -sf http://127.0.0.1:17380/metrics | awk '/^chronolog_consumer_lag_records\{/ {n += $2} END {printf "%d records", n}')
+fi
 START=${samples[6]:-${samples[0]}}  # after the first minute: warm-up excluded
 END=${samples[-1]}
 echo "rate $RATE/s for $MINUTES min, roles ${ROLES:-all}: $(cat "$WORK/load.txt")"
-echo "RSS: after 1 min $START MiB, at the end $END MiB, ratio $(awk -v a="$END" -v b="$START" 'BEGIN {printf "%.3f", a / b}'), max $(printf '%s\n' "${samples[@]}" | sort -n | tail -1) MiB; consumer lag left: $LAG records"
+echo "RSS: after 1 min $START MiB, at the end $END MiB, ratio $(awk -v a="$END" -v b="$START" 'BEGIN {printf "%.3f", a / b}'), max $(printf '%s\n' "${samples[@]}" | sort -n | tail -1) MiB; consumer lag left: $LAG"
