@@ -326,3 +326,48 @@ async fn publish(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    fn shared() -> Arc<SharedProducer> {
+        // librdkafka connects lazily: no broker is needed to build a client.
+        let settings = Cli::try_parse_from(["chronolog", "--kafka-brokers", "127.0.0.1:1"])
+            .expect("default settings")
+            .settings;
+        SharedProducer::new(settings).expect("client")
+    }
+
+    fn pointer(client: &Option<Client>) -> *mut rdkafka::bindings::rd_kafka_t {
+        client.as_ref().expect("a client").client().native_ptr()
+    }
+
+    #[test]
+    fn a_failed_client_is_replaced_once_however_many_actors_saw_it_fail() {
+        let shared = shared();
+        let (first, original) = shared.current();
+        assert_eq!(first, 0);
+
+        let (second, replacement) = shared.renew(first);
+        assert_eq!(second, 1);
+        assert_ne!(pointer(&original), pointer(&replacement), "a new client");
+
+        // Another actor that saw the same client fail gets the replacement.
+        let (again, same) = shared.renew(first);
+        assert_eq!(again, 1);
+        assert_eq!(pointer(&same), pointer(&replacement));
+
+        // New actors start with the replacement; its own failure replaces it.
+        assert_eq!(KafkaProducer::new(shared.clone()).generation, 1);
+        assert_eq!(shared.renew(second).0, 2);
+    }
+}
