@@ -9,7 +9,8 @@
 #
 # PostgreSQL is started here unless BENCH_DATABASE_URL names a server's
 # maintenance database. Prints a Markdown table; see loadtest/RESULTS.md.
-set -euo pipefail
+set -Eeuo pipefail
+trap 'echo "bench.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 source "$(dirname "$0")/../scripts/lib.sh"
 cd "$CHRONOLOG_ROOT"
 
@@ -173,7 +174,8 @@ wait_http http://127.0.0.1:17281/ready
 until curl -s http://127.0.0.1:17281/ready | grep -q '"assigned":\[[0-9]'; do sleep 0.1; done
 curl -sf -X POST http://127.0.0.1:17280/api/v1/timestamp >/dev/null  # the producer id
 # ticks_now FILE: CPU clock ticks used so far by every process, by pid.
-ticks_now() { cat /proc/[0-9]*/stat 2>/dev/null | awk '{print $1, $14 + $15}' >"$1"; }
+# (A process may exit between the glob and the read: cat then fails, harmlessly.)
+ticks_now() { { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{print $1, $14 + $15}' >"$1"; }
 # ticks_used BEFORE AFTER PID...: ticks the processes used between two
 # snapshots; a process started in between (a PostgreSQL backend) counts from zero.
 ticks_used() {
