@@ -39,7 +39,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/chronolog-bench.XXXXXX")
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  exec 7>&- 2>/dev/null || true
+  stop_mock_broker
   stop_tansu
   stop_postgres
   rm -rf "$WORK"
@@ -54,14 +54,8 @@ fresh_db() { local name="bench_$1_$RANDOM$RANDOM"; psql_admin "CREATE DATABASE $
 RUN=$(date +%s)
 T_INGEST="bench-ingest-$RUN" T_SINK="bench-sink-$RUN" T_E2E="bench-e2e-$RUN"
 case $BROKER in
-  mock)
-    mkfifo "$WORK/mock.in"
-    # 8 partitions: the mock keeps 5 MiB per partition and drops older records.
-    "$TOOL" mock-broker 8 "$T_INGEST" "$T_SINK" "$T_E2E" <"$WORK/mock.in" >"$WORK/mock.out" &
-    PIDS+=($!)
-    exec 7>"$WORK/mock.in"
-    until [[ -s $WORK/mock.out ]]; do sleep 0.1; done
-    export KAFKA_BROKERS=$(head -1 "$WORK/mock.out") ;;
+  # 8 partitions: the mock keeps 5 MiB per partition and drops older records.
+  mock) start_mock_broker "$TOOL" "$WORK" 8 "$T_INGEST" "$T_SINK" "$T_E2E" ;;
   tansu) start_tansu "$WORK" ;;
   *) export KAFKA_BROKERS=$BROKER ;;
 esac
@@ -182,7 +176,7 @@ ticks_used() {
   local before=$1 after=$2; shift 2
   awk -v list=" $* " 'NR == FNR {s[$1] = $2; next} index(list, " " $1 " ") {d += $2 - s[$1]} END {print d + 0}' "$before" "$after"
 }
-case $BROKER in mock) BROKER_PIDS=${PIDS[0]} ;; tansu) BROKER_PIDS=$TANSU_PID ;; *) BROKER_PIDS="" ;; esac
+case $BROKER in mock) BROKER_PIDS=$MOCK_PID ;; tansu) BROKER_PIDS=$TANSU_PID ;; *) BROKER_PIDS="" ;; esac
 SECONDS_PER_RATE=${DURATION%s}
 # From low to high, so that a backlog left by an overloaded run cannot
 # inflate a lighter one. One command in SAMPLE_EVERY is a probe.

@@ -32,19 +32,15 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/chronolog-soak.XXXXXX")
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  exec 7>&- 2>/dev/null || true
+  stop_mock_broker
   stop_postgres
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 start_postgres "$WORK"
-mkfifo "$WORK/mock.in"
-"$TOOL" mock-broker 8 soak <"$WORK/mock.in" >"$WORK/mock.out" &
-PIDS+=($!)
-exec 7>"$WORK/mock.in"
-until [[ -s $WORK/mock.out ]]; do sleep 0.1; done
-export KAFKA_BROKERS=$(head -1 "$WORK/mock.out") KAFKA_TOPIC=soak KAFKA_PARTITIONS=8 LOG_LEVEL=warn
+start_mock_broker "$TOOL" "$WORK" 8 soak
+export KAFKA_TOPIC=soak KAFKA_PARTITIONS=8 LOG_LEVEL=warn
 
 ROLE_ARGS=()
 for role in ${ROLES//,/ }; do ROLE_ARGS+=(--role "$role"); done

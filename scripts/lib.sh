@@ -103,6 +103,24 @@ start_tansu() {
   log "tansu on $KAFKA_BROKERS (log: $dir/tansu.log)"
 }
 
+# start_mock_broker TOOL DIR PARTITIONS TOPIC...: librdkafka's mock cluster,
+# hosted by bench_tool (TOOL) with the topics (and their .dlq) created; it
+# runs until fd 7, its stdin, is closed. Sets MOCK_PID, exports KAFKA_BROKERS.
+start_mock_broker() {
+  local tool=$1 dir=$2; shift 2
+  mkfifo "$dir/mock.in"
+  "$tool" mock-broker "$@" <"$dir/mock.in" >"$dir/mock.out" &
+  MOCK_PID=$!
+  exec 7>"$dir/mock.in"
+  until [[ -s $dir/mock.out ]]; do kill -0 "$MOCK_PID" || die "the mock broker exited"; sleep 0.1; done
+  export KAFKA_BROKERS=$(head -1 "$dir/mock.out")
+}
+
+stop_mock_broker() {
+  exec 7>&- 2>/dev/null || true
+  [[ -n ${MOCK_PID:-} ]] && kill "$MOCK_PID" 2>/dev/null && wait "$MOCK_PID" 2>/dev/null || true
+}
+
 stop_tansu() {
   [[ -n ${TANSU_PID:-} ]] && kill "$TANSU_PID" 2>/dev/null && wait "$TANSU_PID" 2>/dev/null || true
 }
