@@ -568,6 +568,13 @@ impl Drop for ChildProcess {
     }
 }
 
+/// The consumer role alone, in this process, with `settings`.
+pub async fn start_consumer(settings: &Settings) -> Application {
+    Application::build(settings, &[Role::Consumer])
+        .await
+        .expect("the consumer role starts")
+}
+
 /// A consumer-only `chronolog serve` process with `settings`.
 pub fn spawn_consumer_process(settings: &Settings) -> ChildProcess {
     spawn_consumer_process_with(settings, &[])

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use chronolog::config::Role;
 use chronolog::metrics::{ACTOR_MESSAGES, metrics};
-use chronolog::startup::Application;
 use uuid::Uuid;
 
-use crate::helpers::{ChildProcess, TestApp, create_database, eventually, post_many, settings};
+use crate::helpers::{
+    ChildProcess, TestApp, create_database, eventually, post_many, settings, start_consumer,
+};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -184,9 +185,7 @@ async fn lag_counts_records_and_seconds_while_the_consumer_is_stopped_and_return
     let database_url = create_database().await;
     let settings = settings(&database_url);
     let front = TestApp::spawn_with(settings.clone(), &[Role::Command, Role::Query]).await;
-    let consumer = Application::build(&settings, &[Role::Consumer])
-        .await
-        .unwrap();
+    let consumer = start_consumer(&settings).await;
     let first = post_many(&front, 10, Arc::default()).await;
     crate::helpers::wait_for_exact_ids(&database_url, &first).await;
     consumer.stop().await;
@@ -209,9 +208,7 @@ async fn lag_counts_records_and_seconds_while_the_consumer_is_stopped_and_return
     )
     .await;
 
-    let consumer = Application::build(&settings, &[Role::Consumer])
-        .await
-        .unwrap();
+    let consumer = start_consumer(&settings).await;
     eventually("lag returns to zero", || async {
         (lag(&topic) == (0, 0.0)).then_some(())
     })

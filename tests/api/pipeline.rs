@@ -5,14 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chronolog::config::Role;
-use chronolog::startup::Application;
 use rdkafka::mocking::MockCluster;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{
     TestApp, create_database, eventually, post_many, produce_raw, row_ids, settings,
-    wait_for_exact_ids,
+    start_consumer, wait_for_exact_ids,
 };
 
 #[actix_rt::test]
@@ -68,9 +67,7 @@ async fn stopping_the_consumer_mid_stream_and_starting_it_again_loses_and_double
     let database_url = create_database().await;
     let settings = settings(&database_url);
     let front = TestApp::spawn_with(settings.clone(), &[Role::Command, Role::Query]).await;
-    let consumer = Application::build(&settings, &[Role::Consumer])
-        .await
-        .expect("consumer starts");
+    let consumer = start_consumer(&settings).await;
 
     let accepted = Arc::new(AtomicUsize::new(0));
     let stream = post_many(&front, 1500, accepted.clone());
@@ -93,9 +90,7 @@ async fn stopping_the_consumer_mid_stream_and_starting_it_again_loses_and_double
             projected_when_stopped,
             "nothing is projected while the consumer is stopped"
         );
-        Application::build(&settings, &[Role::Consumer])
-            .await
-            .expect("consumer restarts")
+        start_consumer(&settings).await
     };
     let (ids, restarted) = futures::join!(stream, restart);
     assert_eq!(ids.len(), 1500);

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use chronolog::config::Role;
 use chronolog::metrics::metrics;
-use chronolog::startup::Application;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Headers;
@@ -18,8 +17,8 @@ use uuid::Uuid;
 
 use crate::helpers::{
     BIN, PrivatePostgres, TestApp, create_database, eventually, post_many, produce_raw, read_topic,
-    row_ids, settings, spawn_consumer_process, spawn_consumer_process_with, view_checksum,
-    wait_for_exact_ids,
+    row_ids, settings, spawn_consumer_process, spawn_consumer_process_with, start_consumer,
+    view_checksum, wait_for_exact_ids,
 };
 
 fn good_value(id: Uuid) -> String {
@@ -240,9 +239,7 @@ async fn an_assignment_resumes_from_the_offsets_stored_with_the_view_not_from_ka
     let database_url = create_database().await;
     let settings = settings(&database_url);
     let front = TestApp::spawn_with(settings.clone(), &[Role::Command, Role::Query]).await;
-    let consumer = Application::build(&settings, &[Role::Consumer])
-        .await
-        .unwrap();
+    let consumer = start_consumer(&settings).await;
     let ids = post_many(&front, 60, Arc::default()).await;
     wait_for_exact_ids(&database_url, &ids).await;
     consumer.stop().await;
@@ -255,9 +252,7 @@ async fn an_assignment_resumes_from_the_offsets_stored_with_the_view_not_from_ka
     rewind_kafka_offsets(&settings).await;
     let skipped = metrics().db_records_skipped.get();
     let written = metrics().db_rows_written.get();
-    let consumer = Application::build(&settings, &[Role::Consumer])
-        .await
-        .unwrap();
+    let consumer = start_consumer(&settings).await;
     // One new record per partition: each partition's consumer must get past
     // everything before it, replayed or not.
     let mut all = ids.clone();
@@ -289,18 +284,14 @@ async fn a_consumer_joining_and_one_leaving_mid_stream_lose_and_double_nothing()
     let database_url = create_database().await;
     let settings = settings(&database_url);
     let front = TestApp::spawn_with(settings.clone(), &[Role::Command, Role::Query]).await;
-    let first = Application::build(&settings, &[Role::Consumer])
-        .await
-        .unwrap();
+    let first = start_consumer(&settings).await;
     let stream = post_many(&front, 3000, Arc::default());
     let churn = async {
         eventually("first consumer projects", || async {
             (row_ids(&database_url).await.len() >= 300).then_some(())
         })
         .await;
-        let second = Application::build(&settings, &[Role::Consumer])
-            .await
-            .unwrap();
+        let second = start_consumer(&settings).await;
         eventually("both consumers project", || async {
             (row_ids(&database_url).await.len() >= 1200).then_some(())
         })
@@ -329,9 +320,7 @@ async fn with_the_database_down_the_consumer_blocks_and_resumes_with_nothing_los
     let mut settings = settings(&pg.url());
     settings.database_url = pg.url();
     let front = TestApp::spawn_with(settings.clone(), &[Role::Command]).await;
-    let consumer = Application::build(&settings, &[Role::Consumer])
-        .await
-        .unwrap();
+    let consumer = start_consumer(&settings).await;
     let consumer_addr = consumer.consumer_addr().unwrap();
     let restarts = metrics()
         .actor_restarts
