@@ -6,6 +6,8 @@
 #   loadtest/bench.sh --broker HOST:PORT   # any broker (topics are created by chronolog)
 #   loadtest/bench.sh --records 50000 --duration 20s --rounds 3
 #   loadtest/bench.sh --smoke              # tiny and quick, debug build (CI keeps it working)
+#   loadtest/bench.sh --only sink,rebuild  # some phases: ingest, sink, e2e, rebuild
+#   loadtest/bench.sh --only e2e --peak 75000   # e2e without measuring the peak first
 #
 # PostgreSQL is started here unless BENCH_DATABASE_URL names a server's
 # maintenance database. Prints a Markdown table; see loadtest/RESULTS.md.
@@ -15,6 +17,7 @@ source "$(dirname "$0")/../scripts/lib.sh"
 cd "$CHRONOLOG_ROOT"
 
 RECORDS=200000 DURATION=10s BROKER=mock PROFILE=release CONNECTIONS=128 K6_RATE=2000 ROUNDS=5 E2E_MAX_RATE=1000000
+PHASES=ingest,sink,e2e,rebuild PEAK=""
 while (($#)); do
   case $1 in
     --smoke) RECORDS=2000 DURATION=2s PROFILE=dev CONNECTIONS=16 K6_RATE=100 ROUNDS=1 E2E_MAX_RATE=300 ;;
@@ -23,10 +26,20 @@ while (($#)); do
     --duration) DURATION=$2; shift ;;
     --rounds) ROUNDS=$2; shift ;;
     --connections) CONNECTIONS=$2; shift ;;
+    --only) PHASES=$2; shift ;;
+    --peak) PEAK=$2; shift ;;
     *) die "unknown argument $1" ;;
   esac
   shift
 done
+
+want() { [[ ",$PHASES," == *",$1,"* ]]; }
+for phase in ${PHASES//,/ }; do
+  case $phase in ingest | sink | e2e | rebuild) ;; *) die "unknown phase $phase (ingest, sink, e2e, rebuild)" ;; esac
+done
+if want e2e && ! want ingest && [[ -z $PEAK ]]; then
+  die "the e2e phase runs at fractions of the ingestion peak: add ingest to --only, or give --peak REQUESTS_PER_SECOND"
+fi
 
 install_deps
 apt_install time wrk
@@ -69,7 +82,8 @@ start_role() {
   PIDS+=("$APP_PID")
 }
 wait_http() { until curl -sf "$1" >/dev/null; do kill -0 "$APP_PID" || die "chronolog exited: $(tail -3 "$WORK"/*.log)"; sleep 0.1; done; }
-peak_rss_mb() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+# peak_rss_mb PID: the process's peak RSS so far (0 once it has exited).
+peak_rss_mb() { { cat "/proc/$1/status" 2>/dev/null || true; } | awk '/VmHWM/ {kb = $2} END {printf "%.0f", kb / 1024}'; }
 stop_app() { kill -TERM "$1"; wait "$1" 2>/dev/null || true; }
 wrk_field() { awk -v k="$2" '$1==k {print $2}' "$1"; }
 rate_of() { awk '/Requests\/sec/ {printf "%.0f", $2}' "$1"; }
@@ -93,137 +107,185 @@ wait_rows() {
 
 declare -a ROWS
 row() { ROWS+=("| $1 | $2 | $3 | $4 |"); printf '  %-34s %-22s %-28s %s\n' "$1" "$2" "$3" "$4" >&2; }
+# Rounds are written one per line, the same-run ratio first: the median line
+# gives every figure of a row, and the sorted ratios show the spread.
+median_round() { sort -n "$1" | sed -n "$((($(wc -l <"$1") + 1) / 2))p"; }
+ratios_of() { sort -n "$1" | awk '{printf "%s%s", sep, $1; sep=" "}'; }
+RSS=()
 
-log "1/5 ingestion peak (wrk, $CONNECTIONS connections, $ROUNDS rounds of $DURATION each for GET /health and POST)"
-INGEST_DB=$(fresh_db ingest)
-start_role ingest --role command --command-addr 127.0.0.1:17180 --kafka-topic "$T_INGEST" --database-url "$INGEST_DB"
-CMD_PID=$APP_PID
-wait_http http://127.0.0.1:17180/health
-curl -sf -X POST http://127.0.0.1:17180/api/v1/timestamp >/dev/null  # the producer's first record waits ~1 s for its id
-# Baseline and measurement alternate, so that both see the same share of a
-# shared, noisy machine; the figure is the median of the per-round ratios.
-: >"$WORK/ingest-rounds.txt"
-for ((round = 1; round <= ROUNDS; round++)); do
-  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency http://127.0.0.1:17180/health >"$WORK/wrk-health-$round.txt"
-  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s loadtest/post.lua http://127.0.0.1:17180 >"$WORK/wrk-post-$round.txt"
-  h=$(rate_of "$WORK/wrk-health-$round.txt") p=$(rate_of "$WORK/wrk-post-$round.txt")
-  echo "$(ratio "$p" "$h") $p $h $(wrk_field "$WORK/wrk-post-$round.txt" 50%) $(wrk_field "$WORK/wrk-post-$round.txt" 99%) $round" >>"$WORK/ingest-rounds.txt"
-  log "  round $round: /health $h req/s, POST $p req/s, ratio $(ratio "$p" "$h")"
-done
-# The median round by ratio gives every figure of the row.
-read -r RATIO PEAK HEALTH P50 P99 MEDIAN_ROUND < <(sort -n "$WORK/ingest-rounds.txt" | sed -n "$(((ROUNDS + 1) / 2))p")
-# Every answer a 202: chronolog's own counters of the POST route, and wrk's
-# count of non-2xx answers and socket errors.
-NOT202=$(curl -sf http://127.0.0.1:17180/metrics | awk '/^chronolog_http_requests_total\{.*route="\/api\/v1\/timestamp\/\{timestamp\}"/ && !/status="202"/ {n += $2} END {print n + 0}')
-ACCEPTED=$(curl -sf http://127.0.0.1:17180/metrics | awk '/^chronolog_http_requests_total\{.*route="\/api\/v1\/timestamp\/\{timestamp\}".*status="202"/ {n += $2} END {printf "%d", n}')
-WRK_ERRORS=$(cat "$WORK"/wrk-post-*.txt | grep -c -E "Non-2xx|Socket errors" || true)
-row "Ingestion peak (POST, wrk)" "$PEAK req/s" "GET /health: $HEALTH req/s" "ratio $RATIO (median of $ROUNDS alternating rounds: $(sort -n "$WORK/ingest-rounds.txt" | awk '{printf "%s%s", sep, $1; sep=" "}')); p50 $P50 p99 $P99; $ACCEPTED answers 202, others: $NOT202; wrk error lines: $WRK_ERRORS"
+if want ingest; then
+  log "ingestion peak (wrk, $CONNECTIONS connections, $ROUNDS rounds of $DURATION each for GET /health and POST)"
+  INGEST_DB=$(fresh_db ingest)
+  start_role ingest --role command --command-addr 127.0.0.1:17180 --kafka-topic "$T_INGEST" --database-url "$INGEST_DB"
+  CMD_PID=$APP_PID
+  wait_http http://127.0.0.1:17180/health
+  curl -sf -X POST http://127.0.0.1:17180/api/v1/timestamp >/dev/null  # the producer's first record waits ~1 s for its id
+  # Baseline and measurement alternate, so that both see the same share of a
+  # shared, noisy machine.
+  : >"$WORK/ingest-rounds.txt"
+  for ((round = 1; round <= ROUNDS; round++)); do
+    wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency http://127.0.0.1:17180/health >"$WORK/wrk-health-$round.txt"
+    wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s loadtest/post.lua http://127.0.0.1:17180 >"$WORK/wrk-post-$round.txt"
+    h=$(rate_of "$WORK/wrk-health-$round.txt") p=$(rate_of "$WORK/wrk-post-$round.txt")
+    echo "$(ratio "$p" "$h") $p $h $(wrk_field "$WORK/wrk-post-$round.txt" 50%) $(wrk_field "$WORK/wrk-post-$round.txt" 99%)" >>"$WORK/ingest-rounds.txt"
+    log "  round $round: /health $h req/s, POST $p req/s, ratio $(ratio "$p" "$h")"
+  done
+  read -r RATIO PEAK HEALTH P50 P99 < <(median_round "$WORK/ingest-rounds.txt")
+  # Every answer a 202: chronolog's own counters of the POST route, and wrk's
+  # count of non-2xx answers and socket errors.
+  NOT202=$(curl -sf http://127.0.0.1:17180/metrics | awk '/^chronolog_http_requests_total\{.*route="\/api\/v1\/timestamp\/\{timestamp\}"/ && !/status="202"/ {n += $2} END {print n + 0}')
+  ACCEPTED=$(curl -sf http://127.0.0.1:17180/metrics | awk '/^chronolog_http_requests_total\{.*route="\/api\/v1\/timestamp\/\{timestamp\}".*status="202"/ {n += $2} END {printf "%d", n}')
+  WRK_ERRORS=$(cat "$WORK"/wrk-post-*.txt | grep -c -E "Non-2xx|Socket errors" || true)
+  row "Ingestion peak (POST, wrk)" "$PEAK req/s" "GET /health: $HEALTH req/s" "ratio $RATIO (median of $ROUNDS alternating rounds: $(ratios_of "$WORK/ingest-rounds.txt")); p50 $P50 p99 $P99; $ACCEPTED answers 202, others: $NOT202; wrk error lines: $WRK_ERRORS"
 
-log "2/5 ingestion scenario (k6 constant arrival rate $K6_RATE/s)"
-K6_STATUS=0
-k6 run --quiet --no-color -e BASE_URL=http://127.0.0.1:17180 -e RATE="$K6_RATE" -e DURATION="$DURATION" \
-  --summary-export "$WORK/k6-ingest.json" loadtest/ingestion.js >"$WORK/k6-ingest.txt" 2>&1 || K6_STATUS=$?
-K6_FIGURES=$(python3 - "$WORK/k6-ingest.json" <<'PY'
+  log "ingestion scenario (k6 constant arrival rate $K6_RATE/s)"
+  K6_STATUS=0
+  k6 run --quiet --no-color -e BASE_URL=http://127.0.0.1:17180 -e RATE="$K6_RATE" -e DURATION="$DURATION" \
+    --summary-export "$WORK/k6-ingest.json" loadtest/ingestion.js >"$WORK/k6-ingest.txt" 2>&1 || K6_STATUS=$?
+  K6_FIGURES=$(python3 - "$WORK/k6-ingest.json" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))["metrics"]
 d = m["http_req_duration{name:ingest}"] if "http_req_duration{name:ingest}" in m else m["http_req_duration"]
 f = m["http_req_failed"]
 print(f"errors {100*f.get('value', f.get('rate', 0)):.2f}%; p50 {d['med']:.1f}ms p95 {d['p(95)']:.1f}ms p99 {d.get('p(99)', float('nan')):.1f}ms")
 PY
-)
-row "Ingestion scenario (k6)" "$K6_RATE req/s offered" "thresholds: exit $K6_STATUS" "$K6_FIGURES"
-INGEST_RSS=$(peak_rss_mb "$CMD_PID")
-stop_app "$CMD_PID"
+  )
+  row "Ingestion scenario (k6)" "$K6_RATE req/s offered" "thresholds: exit $K6_STATUS" "$K6_FIGURES"
+  RSS+=("ingest $(peak_rss_mb "$CMD_PID") MiB")
+  stop_app "$CMD_PID"
+fi
 
-log "3/5 sink: $RECORDS records preloaded, then the consumer"
-PRODUCE_RATE=$("$TOOL" preload "$KAFKA_BROKERS" "$T_SINK" "$RECORDS")
-RAW_CONSUME=$("$TOOL" consume "$KAFKA_BROKERS" "$T_SINK" "$RECORDS")
-COPY_DB=$(fresh_db copy)
-"$BIN" migrate --database-url "$COPY_DB" >/dev/null 2>&1
-python3 -c "
+# copy_round: rows/s of raw COPY of the same rows into an identical empty table.
+copy_round() {
+  local db; db=$(fresh_db copy)
+  "$BIN" migrate --database-url "$db" >/dev/null 2>&1
+  local seconds; seconds=$( { /usr/bin/env time -f %e psql -q "$db" -c "\\copy timestamp_records FROM '$WORK/rows.csv' CSV" ; } 2>&1 | tail -1 )
+  drop_db "$db"
+  awk -v n="$RECORDS" -v s="$seconds" 'BEGIN { printf "%.0f", n / s }'
+}
+drop_db() { psql_admin "DROP DATABASE ${1##*/}" >/dev/null; }
+
+# sink_round ROUND COPY_RATE: the consumer role on the preloaded topic with a
+# new group, into an empty database; appends a line to sink-rounds.txt.
+sink_round() {
+  local db; db=$(fresh_db sink)
+  "$BIN" migrate --database-url "$db" >/dev/null 2>&1
+  start_role sink --role consumer --consumer-addr 127.0.0.1:17182 --kafka-topic "$T_SINK" --kafka-group-id "sink-$RUN-$1" --database-url "$db"
+  local total steady rate
+  read -r total steady < <(wait_rows "$db" "$RECORDS")
+  rate=$(awk -v n="$RECORDS" -v s="$steady" 'BEGIN { printf "%.0f", n / s }')
+  SINK_RSS=$(max "$SINK_RSS" "$(peak_rss_mb "$APP_PID")")
+  stop_app "$APP_PID"
+  drop_db "$db"
+  echo "$(ratio "$rate" "$2") $rate $2 $total" >>"$WORK/sink-rounds.txt"
+  log "  round $1: COPY $2 rows/s, sink $rate rows/s, ratio $(ratio "$rate" "$2")"
+}
+
+# rebuild_round ROUND COPY_RATE: `chronolog rebuild` of the preloaded topic
+# into an empty database, process start included; appends to rebuild-rounds.txt.
+rebuild_round() {
+  local db; db=$(fresh_db rebuild)
+  "$BIN" migrate --database-url "$db" >/dev/null 2>&1
+  local start; start=$(date +%s.%N)
+  "$BIN" rebuild --database-url "$db" --kafka-topic "$T_SINK" --kafka-group-id "rebuild-$RUN-$1" 2>"$WORK/rebuild-$1.log" &
+  APP_PID=$!
+  while kill -0 "$APP_PID" 2>/dev/null; do
+    REBUILD_RSS=$(max "$REBUILD_RSS" "$(peak_rss_mb "$APP_PID")")
+    sleep 0.2
+  done
+  wait "$APP_PID" || die "rebuild failed: $(tail -3 "$WORK/rebuild-$1.log")"
+  local seconds rows rate
+  seconds=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.3f", e - s }')
+  rows=$(psql -qtA "$db" -c "SELECT count(*) FROM timestamp_records")
+  ((rows == RECORDS)) || die "rebuild wrote $rows rows, expected $RECORDS"
+  drop_db "$db"
+  rate=$(awk -v n="$rows" -v s="$seconds" 'BEGIN { printf "%.0f", n / s }')
+  echo "$(ratio "$rate" "$2") $rate $2 $seconds" >>"$WORK/rebuild-rounds.txt"
+  log "  round $1: COPY $2 rows/s, rebuild $rate rows/s ($rows rows in ${seconds}s), ratio $(ratio "$rate" "$2")"
+}
+max() { echo $(($1 > $2 ? $1 : $2)); }
+
+if want sink || want rebuild; then
+  log "sink and rebuild: $RECORDS records preloaded; $ROUNDS rounds of COPY, then the consumer and chronolog rebuild, each into an empty database"
+  PRODUCE_RATE=$("$TOOL" preload "$KAFKA_BROKERS" "$T_SINK" "$RECORDS")
+  RAW_CONSUME=$("$TOOL" consume "$KAFKA_BROKERS" "$T_SINK" "$RECORDS")
+  python3 -c "
 import uuid, sys
 n = int(sys.argv[1])
 with open(sys.argv[2], 'w') as f:
     for _ in range(n):
         f.write(f'{uuid.uuid4()},2009-09-28 19:03:12+00,2026-01-01 00:00:00+00\n')
 " "$RECORDS" "$WORK/rows.csv"
-COPY_SECONDS=$( { /usr/bin/env time -f %e psql -q "$COPY_DB" -c "\\copy timestamp_records FROM '$WORK/rows.csv' CSV" ; } 2>&1 | tail -1 )
-COPY_RATE=$(awk -v n="$RECORDS" -v s="$COPY_SECONDS" 'BEGIN { printf "%.0f", n / s }')
-SINK_DB=$(fresh_db sink)
-"$BIN" migrate --database-url "$SINK_DB" >/dev/null 2>&1
-start_role sink --role consumer --consumer-addr 127.0.0.1:17182 --kafka-topic "$T_SINK" --kafka-group-id "sink-$RUN" --database-url "$SINK_DB"
-read -r SINK_TOTAL SINK_STEADY < <(wait_rows "$SINK_DB" "$RECORDS")
-SINK_RATE=$(awk -v n="$RECORDS" -v s="$SINK_STEADY" 'BEGIN { printf "%.0f", n / s }')
-SINK_RSS=$(peak_rss_mb "$APP_PID")
-stop_app "$APP_PID"
-row "Sink (consumer → PostgreSQL)" "$SINK_RATE rows/s" "COPY: $COPY_RATE rows/s" "ratio $(ratio "$SINK_RATE" "$COPY_RATE"); broker raw consume $RAW_CONSUME rec/s; ${SINK_TOTAL}s incl. group join; preload $PRODUCE_RATE rec/s"
+  : >"$WORK/sink-rounds.txt"
+  : >"$WORK/rebuild-rounds.txt"
+  SINK_RSS=0 REBUILD_RSS=0
+  for ((round = 1; round <= ROUNDS; round++)); do
+    copy_rate=$(copy_round)
+    if want sink; then sink_round "$round" "$copy_rate"; fi
+    if want rebuild; then rebuild_round "$round" "$copy_rate"; fi
+  done
+  if want sink; then
+    read -r RATIO RATE COPY TOTAL < <(median_round "$WORK/sink-rounds.txt")
+    row "Sink (consumer → PostgreSQL)" "$RATE rows/s" "COPY: $COPY rows/s" "ratio $RATIO (median of $ROUNDS alternating rounds: $(ratios_of "$WORK/sink-rounds.txt")); broker raw consume $RAW_CONSUME rec/s; ${TOTAL}s incl. group join; preload $PRODUCE_RATE rec/s"
+    RSS+=("sink $SINK_RSS MiB")
+  fi
+  if want rebuild; then
+    read -r RATIO RATE COPY SECS < <(median_round "$WORK/rebuild-rounds.txt")
+    row "Rebuild (chronolog rebuild)" "$RATE rows/s" "COPY: $COPY rows/s" "ratio $RATIO (median of $ROUNDS alternating rounds: $(ratios_of "$WORK/rebuild-rounds.txt")); $RECORDS rows in ${SECS}s, process start included"
+    RSS+=("rebuild $REBUILD_RSS MiB")
+  fi
+fi
 
-log "4/5 end-to-end latency: open-loop load at 1/8, 1/4 and 1/2 of the peak rate"
-E2E_DB=$(fresh_db e2e)
-start_role e2e --command-addr 127.0.0.1:17280 --query-addr 127.0.0.1:17281 --kafka-topic "$T_E2E" --kafka-group-id "e2e-$RUN" --database-url "$E2E_DB"
-E2E_PID=$APP_PID
-wait_http http://127.0.0.1:17280/health
-wait_http http://127.0.0.1:17281/ready
-# Latency is measured once the consumer holds its partitions, not during the group join.
-until curl -s http://127.0.0.1:17281/ready | grep -q '"assigned":\[[0-9]'; do sleep 0.1; done
-curl -sf -X POST http://127.0.0.1:17280/api/v1/timestamp >/dev/null  # the producer id
-# ticks_now FILE: CPU clock ticks used so far by every process, by pid.
-# (A process may exit between the glob and the read: cat then fails, harmlessly.)
-ticks_now() { { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{print $1, $14 + $15}' >"$1"; }
-# ticks_used BEFORE AFTER PID...: ticks the processes used between two
-# snapshots; a process started in between (a PostgreSQL backend) counts from zero.
-ticks_used() {
-  local before=$1 after=$2; shift 2
-  awk -v list=" $* " 'NR == FNR {s[$1] = $2; next} index(list, " " $1 " ") {d += $2 - s[$1]} END {print d + 0}' "$before" "$after"
-}
-case $BROKER in mock) BROKER_PIDS=$MOCK_PID ;; tansu) BROKER_PIDS=$TANSU_PID ;; *) BROKER_PIDS="" ;; esac
-SECONDS_PER_RATE=${DURATION%s}
-# From low to high, so that a backlog left by an overloaded run cannot
-# inflate a lighter one. One command in SAMPLE_EVERY is a probe.
-for divisor in 8 4 2; do
-  rate=$((PEAK / divisor)); ((rate > 0)) || rate=1; ((rate <= E2E_MAX_RATE)) || rate=$E2E_MAX_RATE
-  sample_every=$(((rate + 99) / 100))
-  ticks_now "$WORK/ticks-before"; i0=$(awk '/^cpu / {print $5}' /proc/stat) t0=$(date +%s.%N)
-  /usr/bin/env time -f "%e %U %S" -o "$WORK/e2e-gen-$divisor.time" \
-    "$TOOL" e2e http://127.0.0.1:17280 http://127.0.0.1:17281 "$rate" "$SECONDS_PER_RATE" "$sample_every" >"$WORK/e2e-$divisor.txt"
-  ticks_now "$WORK/ticks-after"; i1=$(awk '/^cpu / {print $5}' /proc/stat) t1=$(date +%s.%N)
-  PG_PIDS=$(pgrep -u postgres -d ' ' || true)
-  c=$(ticks_used "$WORK/ticks-before" "$WORK/ticks-after" "$E2E_PID")
-  p=$(ticks_used "$WORK/ticks-before" "$WORK/ticks-after" $PG_PIDS)
-  b=$(ticks_used "$WORK/ticks-before" "$WORK/ticks-after" $BROKER_PIDS)
-  # CPU of each part as a share of one core over the run.
-  SPLIT=$(awk -v c="$c" -v p="$p" -v b="$b" -v i=$((i1 - i0)) -v s="$t0" -v e="$t1" -v hz="$(getconf CLK_TCK)" \
-    -v g="$(awk '{print $2 + $3}' "$WORK/e2e-gen-$divisor.time")" \
-    'BEGIN { d = (e - s) * hz / 100; printf "CPU: chronolog %.0f%%, PostgreSQL %.0f%%, broker %.0f%%, load generator %.0f%%, idle %.0f%% of %d%%", c / d, p / d, b / d, 100 * g / (e - s), i / d, 100 * '"$(nproc)"' }')
-  FIG=$(tr ' ' '\n' <"$WORK/e2e-$divisor.txt" | awk -F= '{v[$1] = $2} END {printf "p50 %sms p99 %sms max %sms; %s probes, %s lost; %s of %s offered got a 202 (%s refused, %s unanswered)", v["p50"], v["p99"], v["max"], v["probes"], v["lost"], v["accepted"], v["offered"] * '"$SECONDS_PER_RATE"', v["refused"], v["failed"]}')
-  row "End-to-end at peak/$divisor (POST → visible)" "$rate commands/s offered" "peak: $PEAK req/s" "$FIG; $SPLIT"
-done
-E2E_RSS=$(peak_rss_mb "$E2E_PID")
-stop_app "$E2E_PID"
-
-log "5/5 rebuild of $RECORDS records into an empty database"
-REBUILD_DB=$(fresh_db rebuild)
-"$BIN" migrate --database-url "$REBUILD_DB" >/dev/null 2>&1
-START=$(date +%s.%N)
-"$BIN" rebuild --database-url "$REBUILD_DB" --kafka-topic "$T_SINK" --kafka-group-id "rebuild-$RUN" 2>"$WORK/rebuild.log" &
-APP_PID=$!
-REBUILD_RSS=0
-while kill -0 "$APP_PID" 2>/dev/null; do
-  r=$(peak_rss_mb "$APP_PID" 2>/dev/null || echo 0); ((r > REBUILD_RSS)) && REBUILD_RSS=$r
-  sleep 0.2
-done
-wait "$APP_PID" || die "rebuild failed: $(tail -3 "$WORK/rebuild.log")"
-REBUILD_SECONDS=$(awk -v s="$START" -v e="$(date +%s.%N)" 'BEGIN { printf "%.3f", e - s }')
-ROWS_REBUILT=$(psql -qtA "$REBUILD_DB" -c "SELECT count(*) FROM timestamp_records")
-REBUILD_RATE=$(awk -v n="$ROWS_REBUILT" -v s="$REBUILD_SECONDS" 'BEGIN { printf "%.0f", n / s }')
-row "Rebuild (chronolog rebuild)" "$REBUILD_RATE rows/s" "COPY: $COPY_RATE rows/s" "ratio $(ratio "$REBUILD_RATE" "$COPY_RATE"); $ROWS_REBUILT rows in ${REBUILD_SECONDS}s, process start included"
-row "Peak RSS" "ingest ${INGEST_RSS} MiB" "sink ${SINK_RSS} MiB, e2e ${E2E_RSS} MiB" "rebuild ${REBUILD_RSS} MiB"
+if want e2e; then
+  log "end-to-end latency: open-loop load at 1/8, 1/4 and 1/2 of the peak rate ($PEAK req/s)"
+  E2E_DB=$(fresh_db e2e)
+  start_role e2e --command-addr 127.0.0.1:17280 --query-addr 127.0.0.1:17281 --kafka-topic "$T_E2E" --kafka-group-id "e2e-$RUN" --database-url "$E2E_DB"
+  E2E_PID=$APP_PID
+  wait_http http://127.0.0.1:17280/health
+  wait_http http://127.0.0.1:17281/ready
+  # Latency is measured once the consumer holds its partitions, not during the group join.
+  until curl -s http://127.0.0.1:17281/ready | grep -q '"assigned":\[[0-9]'; do sleep 0.1; done
+  curl -sf -X POST http://127.0.0.1:17280/api/v1/timestamp >/dev/null  # the producer id
+  # ticks_now FILE: CPU clock ticks used so far by every process, by pid.
+  # (A process may exit between the glob and the read: cat then fails, harmlessly.)
+  ticks_now() { { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{print $1, $14 + $15}' >"$1"; }
+  # ticks_used BEFORE AFTER PID...: ticks the processes used between two
+  # snapshots; a process started in between (a PostgreSQL backend) counts from zero.
+  ticks_used() {
+    local before=$1 after=$2; shift 2
+    awk -v list=" $* " 'NR == FNR {s[$1] = $2; next} index(list, " " $1 " ") {d += $2 - s[$1]} END {print d + 0}' "$before" "$after"
+  }
+  case $BROKER in mock) BROKER_PIDS=$MOCK_PID ;; tansu) BROKER_PIDS=$TANSU_PID ;; *) BROKER_PIDS="" ;; esac
+  SECONDS_PER_RATE=${DURATION%s}
+  # From low to high, so that a backlog left by an overloaded run cannot
+  # inflate a lighter one. One command in SAMPLE_EVERY is a probe.
+  for divisor in 8 4 2; do
+    rate=$((PEAK / divisor)); ((rate > 0)) || rate=1; ((rate <= E2E_MAX_RATE)) || rate=$E2E_MAX_RATE
+    sample_every=$(((rate + 99) / 100))
+    ticks_now "$WORK/ticks-before"; i0=$(awk '/^cpu / {print $5}' /proc/stat) t0=$(date +%s.%N)
+    /usr/bin/env time -f "%e %U %S" -o "$WORK/e2e-gen-$divisor.time" \
+      "$TOOL" e2e http://127.0.0.1:17280 http://127.0.0.1:17281 "$rate" "$SECONDS_PER_RATE" "$sample_every" >"$WORK/e2e-$divisor.txt"
+    ticks_now "$WORK/ticks-after"; i1=$(awk '/^cpu / {print $5}' /proc/stat) t1=$(date +%s.%N)
+    PG_PIDS=$(pgrep -u postgres -d ' ' || true)
+    c=$(ticks_used "$WORK/ticks-before" "$WORK/ticks-after" "$E2E_PID")
+    p=$(ticks_used "$WORK/ticks-before" "$WORK/ticks-after" $PG_PIDS)
+    b=$(ticks_used "$WORK/ticks-before" "$WORK/ticks-after" $BROKER_PIDS)
+    # CPU of each part as a share of one core over the run.
+    SPLIT=$(awk -v c="$c" -v p="$p" -v b="$b" -v i=$((i1 - i0)) -v s="$t0" -v e="$t1" -v hz="$(getconf CLK_TCK)" \
+      -v g="$(awk '{print $2 + $3}' "$WORK/e2e-gen-$divisor.time")" \
+      'BEGIN { d = (e - s) * hz / 100; printf "CPU: chronolog %.0f%%, PostgreSQL %.0f%%, broker %.0f%%, load generator %.0f%%, idle %.0f%% of %d%%", c / d, p / d, b / d, 100 * g / (e - s), i / d, 100 * '"$(nproc)"' }')
+    FIG=$(tr ' ' '\n' <"$WORK/e2e-$divisor.txt" | awk -F= '{v[$1] = $2} END {printf "p50 %sms p99 %sms max %sms; %s probes, %s lost; %s of %s offered got a 202 (%s refused, %s unanswered)", v["p50"], v["p99"], v["max"], v["probes"], v["lost"], v["accepted"], v["offered"] * '"$SECONDS_PER_RATE"', v["refused"], v["failed"]}')
+    row "End-to-end at peak/$divisor (POST → visible)" "$rate commands/s offered" "peak: $PEAK req/s" "$FIG; $SPLIT"
+  done
+  RSS+=("e2e $(peak_rss_mb "$E2E_PID") MiB")
+  stop_app "$E2E_PID"
+fi
+row "Peak RSS of chronolog" "$(IFS=,; echo "${RSS[*]}" | sed 's/,/, /g')" "" ""
 
 echo
-echo "Broker: $BROKER; records: $RECORDS; duration: $DURATION; wrk connections: $CONNECTIONS; profile: $PROFILE"
+echo "Broker: $BROKER; phases: $PHASES; records: $RECORDS; duration: $DURATION; rounds: $ROUNDS; wrk connections: $CONNECTIONS; profile: $PROFILE"
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), $(date -u +%Y-%m-%d)"
 echo
 echo "| figure | value | same-run baseline | notes |"
 echo "|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
-((ROWS_REBUILT == RECORDS)) || die "rebuild wrote $ROWS_REBUILT rows, expected $RECORDS"
