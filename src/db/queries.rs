@@ -2,7 +2,11 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::sql_types::{Array, Timestamptz};
 use diesel::upsert::excluded;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -10,10 +14,6 @@ use uuid::Uuid;
 use crate::db::DbError;
 use crate::db::models::{ProjectedRecord, TimestampRecord};
 use crate::db::schema::{projection_offsets, timestamp_records};
-
-/// Rows per INSERT statement: 3 bind parameters per row stays far below
-/// PostgreSQL's limit of 65535 parameters per statement.
-const ROWS_PER_STATEMENT: usize = 10_000;
 
 /// Where a batch belongs in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -73,19 +73,13 @@ pub async fn apply_batch(
                 .await
                 .optional()?;
             let applied_below = stored.unwrap_or(i64::MIN);
-            let fresh: Vec<TimestampRecord> = records
-                .iter()
-                .filter(|r| r.offset >= applied_below)
-                .map(TimestampRecord::from)
-                .collect();
-            let mut inserted = 0;
-            for chunk in fresh.chunks(ROWS_PER_STATEMENT) {
-                inserted += diesel::insert_into(timestamp_records::table)
-                    .values(chunk)
-                    .on_conflict_do_nothing()
-                    .execute(conn)
-                    .await?;
-            }
+            let fresh = InsertRecords::of(records.iter().filter(|r| r.offset >= applied_below));
+            let fresh_count = fresh.ids.len();
+            let inserted = if fresh_count == 0 {
+                0
+            } else {
+                fresh.execute(conn).await?
+            };
             let next_offset = next_offset.max(applied_below);
             diesel::insert_into(projection_offsets::table)
                 .values((
@@ -108,12 +102,58 @@ pub async fn apply_batch(
                 .await?;
             Ok(BatchApplied {
                 inserted,
-                skipped: records.len() - fresh.len(),
+                skipped: records.len() - fresh_count,
                 next_offset,
             })
         })
         .await?;
     Ok(outcome)
+}
+
+/// `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING`: a batch as three
+/// array parameters. The statement's text is the same for every batch, so
+/// each connection prepares it once (a multi-row `VALUES` list is a new
+/// statement for every batch size, parsed and planned every time), and the
+/// arrays travel in binary with no limit on the rows per statement.
+#[derive(Debug, Default)]
+struct InsertRecords {
+    ids: Vec<Uuid>,
+    event_timestamps: Vec<DateTime<Utc>>,
+    created_ats: Vec<DateTime<Utc>>,
+}
+
+impl InsertRecords {
+    fn of<'a>(records: impl Iterator<Item = &'a ProjectedRecord>) -> Self {
+        let mut rows = Self::default();
+        for record in records {
+            let row = TimestampRecord::from(record);
+            rows.ids.push(row.id);
+            rows.event_timestamps.push(row.event_timestamp);
+            rows.created_ats.push(row.created_at);
+        }
+        rows
+    }
+}
+
+impl QueryId for InsertRecords {
+    type QueryId = Self;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Pg> for InsertRecords {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "INSERT INTO timestamp_records (id, event_timestamp, created_at) \
+             SELECT * FROM unnest(",
+        );
+        out.push_bind_param::<Array<diesel::sql_types::Uuid>, _>(&self.ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Timestamptz>, _>(&self.event_timestamps)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Timestamptz>, _>(&self.created_ats)?;
+        out.push_sql(") ON CONFLICT DO NOTHING");
+        Ok(())
+    }
 }
 
 /// The stored next offsets of a group's partitions of `topic`.

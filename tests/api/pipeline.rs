@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chronolog::config::Role;
+use chronolog::metrics::metrics;
 use rdkafka::mocking::MockCluster;
 use serde_json::json;
 use uuid::Uuid;
@@ -60,6 +61,61 @@ async fn a_record_delivered_twice_is_one_row_and_is_not_overwritten() {
     expected.sort();
     assert_eq!(ids, expected);
     app.stop().await;
+}
+
+#[actix_rt::test]
+async fn two_records_with_one_id_in_one_batch_make_one_row_the_first_one() {
+    let database_url = create_database().await;
+    let settings = settings(&database_url);
+    // The command role creates the topic.
+    let front = TestApp::spawn_with(settings.clone(), &[Role::Command, Role::Query]).await;
+    let (id, sentinel) = (Uuid::new_v4(), Uuid::new_v4());
+    // In the log before the consumer starts, so that one fetch brings all
+    // three and one statement inserts them.
+    for (command_id, at) in [
+        (id, "2009-09-28T19:03:12Z"),
+        (id, "2020-01-01T00:00:00Z"),
+        (sentinel, "2009-09-28T19:03:12Z"),
+    ] {
+        let value = format!(r#"{{"command_id":"{command_id}","event_timestamp":"{at}"}}"#);
+        let key = command_id.to_string();
+        produce_raw(
+            &settings.kafka_topic,
+            Some(0),
+            Some(&key),
+            value.as_bytes(),
+            None,
+        )
+        .await;
+    }
+    let consumer = start_consumer(&settings).await;
+    front.wait_visible(sentinel).await;
+    // Stopping drains the writer, so that its counters are final.
+    consumer.stop().await;
+    let m = metrics();
+    assert_eq!(
+        m.db_transactions.with_label_values(&["committed"]).get(),
+        1,
+        "the three records came in one batch"
+    );
+    assert_eq!(
+        m.db_rows_written.get(),
+        2,
+        "the second record inserted nothing"
+    );
+    assert_eq!(m.db_records_skipped.get(), 0);
+    let row = front.wait_visible(id).await;
+    assert_eq!(
+        row["event_timestamp"],
+        json!("2009-09-28T19:03:12Z"),
+        "the first one stays"
+    );
+    let mut ids = row_ids(&database_url).await;
+    ids.sort();
+    let mut expected = vec![id, sentinel];
+    expected.sort();
+    assert_eq!(ids, expected);
+    front.stop().await;
 }
 
 #[actix_rt::test]
