@@ -112,7 +112,8 @@ pub async fn rebuild(settings: &Settings, group_id: &str) -> anyhow::Result<Rebu
 
     let (url, size) = (settings.database_url.clone(), settings.database_pool_size);
     let writer = Supervisor::start(move |_| DbWriter::new(url, size));
-    let group = ConsumerGroup::start(settings, group_id, Membership::AssignAll, writer, None)?;
+    let start = targets.iter().map(|(&p, &(low, _))| (p, low)).collect();
+    let group = ConsumerGroup::start(settings, group_id, Membership::Assign(start), writer, None)?;
     let status = group.status();
 
     let terminal = std::io::stderr().is_terminal();

@@ -319,14 +319,17 @@ pub enum GroupError {
 }
 
 /// How the consumer gets its partitions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Membership {
     /// Joins the group; Kafka shares the partitions among its members.
     Subscribe,
-    /// Takes every partition itself, without joining (a rebuild: one
-    /// process, no rebalance to wait for). Offsets are still committed
-    /// under the group id.
-    AssignAll,
+    /// Takes these partitions itself, without joining (a rebuild: one
+    /// process, no rebalance to wait for). Each starts at the view's stored
+    /// offset or, where the view has none, at the offset given here (a
+    /// rebuild gives the low watermarks it measured, so that librdkafka
+    /// starts fetching at once instead of looking the group's offsets up
+    /// and resetting them). Offsets are still committed under the group id.
+    Assign(BTreeMap<i32, i64>),
 }
 
 /// A running member of the consumer group.
@@ -393,9 +396,9 @@ impl ConsumerGroup {
                     // Manual assignment asks the DB writer for stored offsets,
                     // and the writer may live on the arbiter that is waiting for
                     // this start to finish: assign only after reporting ready.
-                    let joined = match membership {
+                    let joined = match &membership {
                         Membership::Subscribe => consumer.subscribe(&[&topic]).map(|()| None),
-                        Membership::AssignAll => all_partitions(&consumer, &topic).map(Some),
+                        Membership::Assign(start) => starting_at(&topic, start).map(Some),
                     };
                     let manual = match joined {
                         Ok(manual) => manual,
@@ -411,7 +414,7 @@ impl ConsumerGroup {
                             .assign(&mut tpl, |tpl| consumer.assign(tpl));
                     }
                     poll_until_shutdown(&consumer, shutdown_rx).await;
-                    if membership == Membership::AssignAll {
+                    if matches!(membership, Membership::Assign(_)) {
                         consumer.context().revoke(|| consumer.unassign());
                     }
                     leave_group(consumer, close_timeout).await;
@@ -459,11 +462,11 @@ impl Drop for ConsumerGroup {
     }
 }
 
-/// Every partition of `topic`, for a manual assignment.
-fn all_partitions(consumer: &GroupConsumer, topic: &str) -> KafkaResult<TopicPartitionList> {
+/// A manual assignment of `topic`'s partitions at the given offsets.
+fn starting_at(topic: &str, start: &BTreeMap<i32, i64>) -> KafkaResult<TopicPartitionList> {
     let mut tpl = TopicPartitionList::new();
-    for partition in crate::kafka::topic_partitions(consumer, topic, Duration::from_secs(10))? {
-        tpl.add_partition(topic, partition);
+    for (&partition, &offset) in start {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     }
     Ok(tpl)
 }
@@ -499,7 +502,8 @@ async fn leave_group(consumer: Arc<GroupConsumer>, timeout: Duration) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Dropping the consumer closes it, and librdkafka's close polls until the
-    // group coordinator answers: forever when the broker is gone. Close on a
+    // group coordinator answers: forever when the broker is gone. (rdkafka's
+    // drop polls in steps of 100 ms, so a close takes at least that long.) Close on a
     // helper thread and wait only until the deadline, so that a shutdown is
     // bounded; a process that is exiting leaves the helper behind.
     let (closed_tx, closed_rx) = std::sync::mpsc::channel();
