@@ -5,10 +5,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::query_builder::{AstPass, QueryFragment, QueryId};
-use diesel::sql_types::{Array, Timestamptz};
-use diesel::upsert::excluded;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{Array, BigInt, Integer, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::db::DbError;
@@ -50,108 +49,140 @@ pub async fn find_record(
         .optional()?)
 }
 
-/// Applies a batch in one transaction: the rows and the partition's next
-/// offset commit together or not at all.
+/// Applies a batch atomically: the rows and the partition's next offset
+/// commit together or not at all.
 ///
 /// Records below the stored next offset were applied by an earlier commit
 /// (a redelivery, or a consumer that lost its partition mid-batch) and are
 /// skipped; the offset row is locked first so two owners of one partition
-/// serialise. Inserts are idempotent on the primary key as well.
+/// serialise. Inserts are idempotent on the primary key as well, and the
+/// stored offset never moves back.
+///
+/// It is one statement (see [`ApplyBatch`]), so one round trip and one
+/// implicit transaction: at a few rows per batch, PostgreSQL's cost is per
+/// statement and per transaction far more than per row.
 pub async fn apply_batch(
     conn: &mut AsyncPgConnection,
     key: &PartitionKey,
     records: &[ProjectedRecord],
     next_offset: i64,
 ) -> Result<BatchApplied, DbError> {
-    let outcome = conn
-        .transaction::<_, diesel::result::Error, _>(async |conn| {
-            let stored: Option<i64> = projection_offsets::table
-                .find((&key.group_id, &key.topic, key.partition))
-                .select(projection_offsets::next_offset)
-                .for_update()
-                .first(conn)
-                .await
-                .optional()?;
-            let applied_below = stored.unwrap_or(i64::MIN);
-            let fresh = InsertRecords::of(records.iter().filter(|r| r.offset >= applied_below));
-            let fresh_count = fresh.ids.len();
-            let inserted = if fresh_count == 0 {
-                0
-            } else {
-                fresh.execute(conn).await?
-            };
-            let next_offset = next_offset.max(applied_below);
-            diesel::insert_into(projection_offsets::table)
-                .values((
-                    projection_offsets::group_id.eq(&key.group_id),
-                    projection_offsets::topic.eq(&key.topic),
-                    projection_offsets::partition.eq(key.partition),
-                    projection_offsets::next_offset.eq(next_offset),
-                ))
-                .on_conflict((
-                    projection_offsets::group_id,
-                    projection_offsets::topic,
-                    projection_offsets::partition,
-                ))
-                .do_update()
-                .set((
-                    projection_offsets::next_offset.eq(excluded(projection_offsets::next_offset)),
-                    projection_offsets::updated_at.eq(diesel::dsl::now),
-                ))
-                .execute(conn)
-                .await?;
-            Ok(BatchApplied {
-                inserted,
-                skipped: records.len() - fresh_count,
-                next_offset,
-            })
-        })
+    let (inserted, fresh, next_offset) = ApplyBatch::new(key, records, next_offset)
+        .get_result::<(i64, i64, i64)>(conn)
         .await?;
-    Ok(outcome)
+    let count = |n: i64| usize::try_from(n).unwrap_or_default();
+    Ok(BatchApplied {
+        inserted: count(inserted),
+        skipped: records.len().saturating_sub(count(fresh)),
+        next_offset,
+    })
 }
 
-/// `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING`: a batch as three
-/// array parameters. The statement's text is the same for every batch, so
-/// each connection prepares it once (a multi-row `VALUES` list is a new
-/// statement for every batch size, parsed and planned every time), and the
-/// arrays travel in binary with no limit on the rows per statement.
-#[derive(Debug, Default)]
-struct InsertRecords {
+/// The statement behind [`apply_batch`]: lock and read the partition's stored
+/// next offset, insert the batch's records at or above it, store the new
+/// next offset; answers (rows inserted, records at or above the stored
+/// offset, the next offset stored).
+///
+/// The batch travels as four arrays through `unnest`, so the statement's
+/// text is the same for every batch and each connection prepares it once (a
+/// multi-row `VALUES` list is a new statement for every batch size, parsed
+/// and planned every time), with no limit on the rows per statement.
+/// Sub-statements of one statement share a snapshot, but a row locked by
+/// `FOR UPDATE` is read at its latest committed version, so a second owner
+/// of the partition waits for the first and then sees its offset.
+struct ApplyBatch<'a> {
+    key: &'a PartitionKey,
     ids: Vec<Uuid>,
     event_timestamps: Vec<DateTime<Utc>>,
     created_ats: Vec<DateTime<Utc>>,
+    offsets: Vec<i64>,
+    next_offset: i64,
 }
 
-impl InsertRecords {
-    fn of<'a>(records: impl Iterator<Item = &'a ProjectedRecord>) -> Self {
-        let mut rows = Self::default();
+impl<'a> ApplyBatch<'a> {
+    fn new(key: &'a PartitionKey, records: &[ProjectedRecord], next_offset: i64) -> Self {
+        let mut batch = Self {
+            key,
+            ids: Vec::with_capacity(records.len()),
+            event_timestamps: Vec::with_capacity(records.len()),
+            created_ats: Vec::with_capacity(records.len()),
+            offsets: Vec::with_capacity(records.len()),
+            next_offset,
+        };
         for record in records {
             let row = TimestampRecord::from(record);
-            rows.ids.push(row.id);
-            rows.event_timestamps.push(row.event_timestamp);
-            rows.created_ats.push(row.created_at);
+            batch.ids.push(row.id);
+            batch.event_timestamps.push(row.event_timestamp);
+            batch.created_ats.push(row.created_at);
+            batch.offsets.push(record.offset);
         }
-        rows
+        batch
+    }
+
+    /// Binds the partition's key: group id, topic, partition.
+    fn push_key<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_bind_param::<Text, _>(&self.key.group_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.key.topic)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Integer, _>(&self.key.partition)
     }
 }
 
-impl QueryId for InsertRecords {
-    type QueryId = Self;
+impl QueryId for ApplyBatch<'_> {
+    type QueryId = ApplyBatch<'static>;
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl QueryFragment<Pg> for InsertRecords {
+impl Query for ApplyBatch<'_> {
+    type SqlType = (BigInt, BigInt, BigInt);
+}
+
+impl QueryFragment<Pg> for ApplyBatch<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql(
-            "INSERT INTO timestamp_records (id, event_timestamp, created_at) \
-             SELECT * FROM unnest(",
+            "WITH stored AS MATERIALIZED ( \
+                SELECT next_offset FROM projection_offsets \
+                WHERE (group_id, topic, partition) = (",
+        );
+        self.push_key(&mut out)?;
+        out.push_sql(
+            ") FOR UPDATE), \
+             fresh AS ( \
+                SELECT r.id, r.event_timestamp, r.created_at \
+                FROM unnest(",
         );
         out.push_bind_param::<Array<diesel::sql_types::Uuid>, _>(&self.ids)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<Timestamptz>, _>(&self.event_timestamps)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<Timestamptz>, _>(&self.created_ats)?;
-        out.push_sql(") ON CONFLICT DO NOTHING");
+        out.push_sql(", ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.offsets)?;
+        out.push_sql(
+            ") AS r(id, event_timestamp, created_at, record_offset) \
+                WHERE r.record_offset >= \
+                    COALESCE((SELECT next_offset FROM stored), r.record_offset)), \
+             inserted AS ( \
+                INSERT INTO timestamp_records (id, event_timestamp, created_at) \
+                SELECT id, event_timestamp, created_at FROM fresh \
+                ON CONFLICT DO NOTHING RETURNING 1), \
+             saved AS ( \
+                INSERT INTO projection_offsets (group_id, topic, partition, next_offset) \
+                SELECT ",
+        );
+        self.push_key(&mut out)?;
+        out.push_sql(", GREATEST(");
+        out.push_bind_param::<BigInt, _>(&self.next_offset)?;
+        out.push_sql(
+            ", (SELECT next_offset FROM stored)) \
+                ON CONFLICT (group_id, topic, partition) DO UPDATE \
+                SET next_offset = GREATEST(projection_offsets.next_offset, excluded.next_offset), \
+                    updated_at = now() \
+                RETURNING next_offset) \
+             SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM fresh), \
+                    (SELECT next_offset FROM saved)",
+        );
         Ok(())
     }
 }

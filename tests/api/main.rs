@@ -11,3 +11,4 @@ mod ops;
 mod pipeline;
 mod query;
 mod recovery;
+mod writer;

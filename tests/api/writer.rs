@@ -1,0 +1,103 @@
+//! The view's write statement on its own, against a real PostgreSQL: what a
+//! batch inserts, skips and stores when it overlaps what the view holds.
+
+use chrono::{DateTime, TimeZone, Utc};
+use chronolog::db::models::ProjectedRecord;
+use chronolog::db::queries::{BatchApplied, PartitionKey, apply_batch, load_offsets};
+use chronolog::domain::TimestampCommand;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use uuid::Uuid;
+
+use crate::helpers::{create_database, row_ids};
+
+fn at(seconds: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_254_164_592 + seconds, 0).unwrap()
+}
+
+/// A record at `offset` carrying `id`.
+fn record(offset: i64, id: Uuid) -> ProjectedRecord {
+    ProjectedRecord {
+        offset,
+        command: TimestampCommand {
+            command_id: id,
+            event_timestamp: at(offset),
+        },
+        accepted_at: at(1000 + offset),
+    }
+}
+
+fn applied(inserted: usize, skipped: usize, next_offset: i64) -> BatchApplied {
+    BatchApplied {
+        inserted,
+        skipped,
+        next_offset,
+    }
+}
+
+#[actix_rt::test]
+async fn a_batch_inserts_what_is_at_or_above_the_stored_offset_and_the_offset_never_moves_back() {
+    let url = create_database().await;
+    chronolog::db::run_migrations(&url).await.unwrap();
+    let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+    let key = PartitionKey {
+        group_id: "projector".into(),
+        topic: "commands".into(),
+        partition: 2,
+    };
+    let ids: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    let batch = |offsets: std::ops::Range<i64>| -> Vec<ProjectedRecord> {
+        offsets.map(|o| record(o, ids[o as usize])).collect()
+    };
+
+    // Offsets 0..3 into an empty view.
+    let outcome = apply_batch(&mut conn, &key, &batch(0..3), 3).await.unwrap();
+    assert_eq!(outcome, applied(3, 0, 3));
+
+    // A redelivery overlapping it: 1 and 2 are skipped, 3 and 4 inserted.
+    let outcome = apply_batch(&mut conn, &key, &batch(1..5), 5).await.unwrap();
+    assert_eq!(outcome, applied(2, 2, 5));
+
+    // An old batch again, from a consumer that lost the partition: nothing
+    // is written and the stored offset stays where it was.
+    let outcome = apply_batch(&mut conn, &key, &batch(0..2), 2).await.unwrap();
+    assert_eq!(outcome, applied(0, 2, 5));
+
+    // A batch whose every record was dead-lettered moves the offset alone.
+    let outcome = apply_batch(&mut conn, &key, &[], 7).await.unwrap();
+    assert_eq!(outcome, applied(0, 0, 7));
+
+    // A record above the offset whose id the view already holds inserts
+    // nothing and leaves the row as it was.
+    let repeat = ProjectedRecord {
+        offset: 7,
+        ..record(0, ids[0])
+    };
+    let outcome = apply_batch(&mut conn, &key, &[repeat, record(8, ids[5])], 9)
+        .await
+        .unwrap();
+    assert_eq!(outcome, applied(1, 0, 9));
+
+    let mut expected = ids.clone();
+    expected.sort();
+    let mut rows = row_ids(&url).await;
+    rows.sort();
+    assert_eq!(rows, expected, "each id once");
+    let row = chronolog::db::queries::find_record(&mut conn, ids[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.event_timestamp, at(0), "the first version stays");
+    assert_eq!(row.created_at, at(1000));
+
+    // Offsets are kept per group, topic and partition.
+    let other = PartitionKey {
+        partition: 0,
+        ..key.clone()
+    };
+    let outcome = apply_batch(&mut conn, &other, &[], 4).await.unwrap();
+    assert_eq!(outcome, applied(0, 0, 4));
+    let stored = load_offsets(&mut conn, "projector", "commands")
+        .await
+        .unwrap();
+    assert_eq!(stored, [(2, 9), (0, 4)].into_iter().collect());
+}
