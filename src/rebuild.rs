@@ -21,8 +21,9 @@ use crate::kafka::group::{ConsumerGroup, Membership};
 
 /// How often progress is shown.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-/// How often the finish line is checked.
-const CHECK_EVERY: Duration = Duration::from_millis(50);
+/// How often the finish line is checked when no commit wakes the check
+/// (progress is still shown while a partition is blocked).
+const CHECK_EVERY: Duration = Duration::from_millis(200);
 
 /// What a finished rebuild did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +121,10 @@ pub async fn rebuild(settings: &Settings, group_id: &str) -> anyhow::Result<Rebu
     let mut ticker = tokio::time::interval(CHECK_EVERY);
     let mut shown: Option<Instant> = None;
     let progress = loop {
-        ticker.tick().await;
+        tokio::select! {
+            () = status.next_commit() => {}
+            _ = ticker.tick() => {}
+        }
         let progress = Progress::measure(&targets, &status.committed());
         if !progress.finished() && shown.is_some_and(|at| at.elapsed() < PROGRESS_EVERY) {
             continue;

@@ -51,6 +51,8 @@ pub struct GroupStatus {
     assigned: Mutex<BTreeSet<i32>>,
     blocked: Mutex<BTreeSet<i32>>,
     committed: Mutex<BTreeMap<i32, i64>>,
+    /// Signalled at each commit, for whoever waits for the view to catch up.
+    commit_seen: tokio::sync::Notify,
 }
 
 impl GroupStatus {
@@ -82,6 +84,7 @@ impl GroupStatus {
         if let Ok(mut map) = self.committed.lock() {
             map.insert(key.partition, next_offset);
         }
+        self.commit_seen.notify_one();
         metrics()
             .committed_offset
             .with_label_values(&[&key.topic, &key.partition.to_string()])
@@ -91,6 +94,12 @@ impl GroupStatus {
     /// The next offset durable in the view per partition this process has committed.
     pub fn committed(&self) -> BTreeMap<i32, i64> {
         self.committed.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Resolves at the next commit, or at once if one happened since the
+    /// last call (one waiter: the rebuild's finish line).
+    pub async fn next_commit(&self) {
+        self.commit_seen.notified().await;
     }
 
     /// Partitions currently assigned to this process.
