@@ -35,20 +35,24 @@ apt_install() {
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# PostgreSQL's server binaries on PATH (Debian keeps them out of it),
+# installed first if the machine has none.
+install_postgres() {
+  pg_bin_on_path
+  command -v pg_ctl >/dev/null || { apt_install postgresql; pg_bin_on_path; }
+}
+pg_bin_on_path() {
+  command -v pg_ctl >/dev/null && return 0
+  local bindir; bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  if [[ -n $bindir ]]; then export PATH="$bindir:$PATH"; fi
+}
+
 # Installs what the rig needs, skipping what is already there. The tansu
 # build takes about 15 minutes on 2 cores; its binary lands in ~/.cargo/bin,
 # outside the clone, so that it is built once per machine.
 install_deps() {
   command -v python3 >/dev/null || apt_install python3
-  if ! command -v pg_ctl >/dev/null && [[ -d /usr/lib/postgresql ]]; then
-    local bindir; bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-    export PATH="$bindir:$PATH"
-  fi
-  command -v pg_ctl >/dev/null || apt_install postgresql
-  if ! command -v pg_ctl >/dev/null; then
-    local bindir; bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-    export PATH="$bindir:$PATH"
-  fi
+  install_postgres
   # The ops-kit tests: a real Prometheus, the compose file check, k6, wrk.
   apt_install prometheus docker-compose wrk
   if ! command -v k6 >/dev/null; then

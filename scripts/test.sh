@@ -10,6 +10,8 @@ log "cargo fmt --check"
 cargo fmt --all --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+log "src/db/schema.rs against the migrations (diesel --locked-schema)"
+scripts/check-schema.sh
 log "building tests"
 cargo build --all-targets --quiet
 log "fuzz targets, briefly"
