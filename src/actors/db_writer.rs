@@ -1,6 +1,8 @@
 //! The DB writer actor: runs each batch in one Diesel transaction and answers
 //! only after the commit, so that the partition consumer can acknowledge the
-//! offsets the batch covers.
+//! offsets the batch covers. The transaction is a single statement (rows and
+//! the partition's next offset together, see [`queries::apply_batch`]): one
+//! round trip, committed as a whole or not at all.
 //!
 //! Batches of different partitions run concurrently on the pool. When the
 //! connection itself is lost the actor stops, and its supervisor restarts it
