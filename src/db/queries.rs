@@ -58,7 +58,7 @@ pub async fn find_record(
 /// serialise. Inserts are idempotent on the primary key as well, and the
 /// stored offset never moves back.
 ///
-/// It is one statement (see [`ApplyBatch`]), so one round trip and one
+/// It is one statement (`ApplyBatch`, below), so one round trip and one
 /// implicit transaction: at a few rows per batch, PostgreSQL's cost is per
 /// statement and per transaction far more than per row.
 pub async fn apply_batch(
