@@ -5,10 +5,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use chronolog::db::models::ProjectedRecord;
 use chronolog::db::queries::{BatchApplied, PartitionKey, apply_batch, load_offsets};
 use chronolog::domain::TimestampCommand;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::helpers::{create_database, row_ids};
+use crate::helpers::{create_database, eventually, row_ids};
 
 fn at(seconds: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_254_164_592 + seconds, 0).unwrap()
@@ -100,4 +100,78 @@ async fn a_batch_inserts_what_is_at_or_above_the_stored_offset_and_the_offset_ne
         .await
         .unwrap();
     assert_eq!(stored, [(2, 9), (0, 4)].into_iter().collect());
+}
+
+/// Whether some session of the test's database waits for a lock.
+async fn someone_waits_for_a_lock(url: &str) -> bool {
+    #[derive(diesel::QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = AsyncPgConnection::establish(url).await.unwrap();
+    let waiting: Waiting = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    waiting.n > 0
+}
+
+#[actix_rt::test]
+async fn a_second_owner_of_the_partition_waits_for_the_first_and_skips_what_it_applied() {
+    let url = create_database().await;
+    chronolog::db::run_migrations(&url).await.unwrap();
+    let key = PartitionKey {
+        group_id: "projector".into(),
+        topic: "commands".into(),
+        partition: 0,
+    };
+    let mut first = AsyncPgConnection::establish(&url).await.unwrap();
+    let ids: Vec<Uuid> = (0..12).map(|_| Uuid::new_v4()).collect();
+    let batch = |offsets: std::ops::Range<i64>| -> Vec<ProjectedRecord> {
+        offsets.map(|o| record(o, ids[o as usize])).collect()
+    };
+    apply_batch(&mut first, &key, &batch(0..5), 5)
+        .await
+        .unwrap();
+
+    // The first owner is mid-transaction: it holds the offset row and has
+    // moved it to 10.
+    diesel::sql_query("BEGIN")
+        .execute(&mut first)
+        .await
+        .unwrap();
+    diesel::sql_query("UPDATE projection_offsets SET next_offset = 10 WHERE partition = 0")
+        .execute(&mut first)
+        .await
+        .unwrap();
+
+    // The second owner's batch overlaps it.
+    let (second_url, second_key, second_batch) = (url.clone(), key.clone(), batch(5..12));
+    let second = actix_rt::spawn(async move {
+        let mut conn = AsyncPgConnection::establish(&second_url).await.unwrap();
+        apply_batch(&mut conn, &second_key, &second_batch, 12).await
+    });
+    eventually("the second owner waits for the offset row", || {
+        let url = url.clone();
+        async move { someone_waits_for_a_lock(&url).await.then_some(()) }
+    })
+    .await;
+    diesel::sql_query("COMMIT")
+        .execute(&mut first)
+        .await
+        .unwrap();
+
+    // It then reads the offset the first one committed, not the one it
+    // would have seen when it started.
+    let outcome = second.await.unwrap().unwrap();
+    assert_eq!(outcome, applied(2, 5, 12));
+    let mut expected: Vec<Uuid> = ids[0..5].iter().chain(&ids[10..12]).copied().collect();
+    expected.sort();
+    let mut rows = row_ids(&url).await;
+    rows.sort();
+    assert_eq!(rows, expected);
 }
