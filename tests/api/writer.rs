@@ -1,6 +1,8 @@
 //! The view's write statement on its own, against a real PostgreSQL: what a
 //! batch inserts, skips and stores when it overlaps what the view holds.
 
+use std::ops::Range;
+
 use chrono::{DateTime, TimeZone, Utc};
 use chronolog::db::models::ProjectedRecord;
 use chronolog::db::queries::{BatchApplied, PartitionKey, apply_batch, load_offsets};
@@ -26,6 +28,28 @@ fn record(offset: i64, id: Uuid) -> ProjectedRecord {
     }
 }
 
+/// The records at `offsets`, each carrying the id of that index in `ids`.
+fn records(ids: &[Uuid], offsets: Range<i64>) -> Vec<ProjectedRecord> {
+    offsets.map(|o| record(o, ids[o as usize])).collect()
+}
+
+/// Partition `partition` of the projector group's command topic.
+fn partition(partition: i32) -> PartitionKey {
+    PartitionKey {
+        group_id: "projector".into(),
+        topic: "commands".into(),
+        partition,
+    }
+}
+
+/// A new database with the view's schema, and a connection to it.
+async fn empty_view() -> (String, AsyncPgConnection) {
+    let url = create_database().await;
+    chronolog::db::run_migrations(&url).await.unwrap();
+    let conn = AsyncPgConnection::establish(&url).await.unwrap();
+    (url, conn)
+}
+
 fn applied(inserted: usize, skipped: usize, next_offset: i64) -> BatchApplied {
     BatchApplied {
         inserted,
@@ -36,18 +60,10 @@ fn applied(inserted: usize, skipped: usize, next_offset: i64) -> BatchApplied {
 
 #[actix_rt::test]
 async fn a_batch_inserts_what_is_at_or_above_the_stored_offset_and_the_offset_never_moves_back() {
-    let url = create_database().await;
-    chronolog::db::run_migrations(&url).await.unwrap();
-    let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
-    let key = PartitionKey {
-        group_id: "projector".into(),
-        topic: "commands".into(),
-        partition: 2,
-    };
+    let (url, mut conn) = empty_view().await;
+    let key = partition(2);
     let ids: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
-    let batch = |offsets: std::ops::Range<i64>| -> Vec<ProjectedRecord> {
-        offsets.map(|o| record(o, ids[o as usize])).collect()
-    };
+    let batch = |offsets| records(&ids, offsets);
 
     // Offsets 0..3 into an empty view.
     let outcome = apply_batch(&mut conn, &key, &batch(0..3), 3).await.unwrap();
@@ -90,10 +106,7 @@ async fn a_batch_inserts_what_is_at_or_above_the_stored_offset_and_the_offset_ne
     assert_eq!(row.created_at, at(1000));
 
     // Offsets are kept per group, topic and partition.
-    let other = PartitionKey {
-        partition: 0,
-        ..key.clone()
-    };
+    let other = partition(0);
     let outcome = apply_batch(&mut conn, &other, &[], 4).await.unwrap();
     assert_eq!(outcome, applied(0, 0, 4));
     let stored = load_offsets(&mut conn, "projector", "commands")
@@ -122,18 +135,10 @@ async fn someone_waits_for_a_lock(url: &str) -> bool {
 
 #[actix_rt::test]
 async fn a_second_owner_of_the_partition_waits_for_the_first_and_skips_what_it_applied() {
-    let url = create_database().await;
-    chronolog::db::run_migrations(&url).await.unwrap();
-    let key = PartitionKey {
-        group_id: "projector".into(),
-        topic: "commands".into(),
-        partition: 0,
-    };
-    let mut first = AsyncPgConnection::establish(&url).await.unwrap();
+    let (url, mut first) = empty_view().await;
+    let key = partition(0);
     let ids: Vec<Uuid> = (0..12).map(|_| Uuid::new_v4()).collect();
-    let batch = |offsets: std::ops::Range<i64>| -> Vec<ProjectedRecord> {
-        offsets.map(|o| record(o, ids[o as usize])).collect()
-    };
+    let batch = |offsets| records(&ids, offsets);
     apply_batch(&mut first, &key, &batch(0..5), 5)
         .await
         .unwrap();
