@@ -8,7 +8,7 @@ use crate::db::schema::timestamp_records;
 use crate::domain::TimestampCommand;
 
 /// A row of `timestamp_records`, as the query API returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = timestamp_records, check_for_backend(diesel::pg::Pg))]
 pub struct TimestampRecord {
     /// The command id.
