@@ -63,6 +63,9 @@ if [[ -n ${BENCH_DATABASE_URL:-} ]]; then export DATABASE_URL=$BENCH_DATABASE_UR
 SERVER=${DATABASE_URL%/*}
 psql_admin() { psql -qtA "$DATABASE_URL" -c "$1"; }
 fresh_db() { local name="bench_$1_$RANDOM$RANDOM"; psql_admin "CREATE DATABASE $name" >/dev/null; echo "$SERVER/$name"; }
+# migrated_db NAME: a fresh database with the view's (empty) tables.
+migrated_db() { local db; db=$(fresh_db "$1"); "$BIN" migrate --database-url "$db" >/dev/null 2>&1; echo "$db"; }
+drop_db() { psql_admin "DROP DATABASE ${1##*/}" >/dev/null; }
 
 RUN=$(date +%s)
 T_INGEST="bench-ingest-$RUN" T_SINK="bench-sink-$RUN" T_E2E="bench-e2e-$RUN"
@@ -82,6 +85,7 @@ start_role() {
   PIDS+=("$APP_PID")
 }
 wait_http() { until curl -sf "$1" >/dev/null; do kill -0 "$APP_PID" || die "chronolog exited: $(tail -3 "$WORK"/*.log)"; sleep 0.1; done; }
+max() { echo $(($1 > $2 ? $1 : $2)); }
 # peak_rss_mb PID: the process's peak RSS so far (0 once it has exited).
 peak_rss_mb() { { cat "/proc/$1/status" 2>/dev/null || true; } | awk '/VmHWM/ {kb = $2} END {printf "%.0f", kb / 1024}'; }
 stop_app() { kill -TERM "$1"; wait "$1" 2>/dev/null || true; }
@@ -157,19 +161,16 @@ fi
 
 # copy_round: rows/s of raw COPY of the same rows into an identical empty table.
 copy_round() {
-  local db; db=$(fresh_db copy)
-  "$BIN" migrate --database-url "$db" >/dev/null 2>&1
+  local db; db=$(migrated_db copy)
   local seconds; seconds=$( { /usr/bin/env time -f %e psql -q "$db" -c "\\copy timestamp_records FROM '$WORK/rows.csv' CSV" ; } 2>&1 | tail -1 )
   drop_db "$db"
   awk -v n="$RECORDS" -v s="$seconds" 'BEGIN { printf "%.0f", n / s }'
 }
-drop_db() { psql_admin "DROP DATABASE ${1##*/}" >/dev/null; }
 
 # sink_round ROUND COPY_RATE: the consumer role on the preloaded topic with a
 # new group, into an empty database; appends a line to sink-rounds.txt.
 sink_round() {
-  local db; db=$(fresh_db sink)
-  "$BIN" migrate --database-url "$db" >/dev/null 2>&1
+  local db; db=$(migrated_db sink)
   start_role sink --role consumer --consumer-addr 127.0.0.1:17182 --kafka-topic "$T_SINK" --kafka-group-id "sink-$RUN-$1" --database-url "$db"
   local total steady rate
   read -r total steady < <(wait_rows "$db" "$RECORDS")
@@ -184,8 +185,7 @@ sink_round() {
 # rebuild_round ROUND COPY_RATE: `chronolog rebuild` of the preloaded topic
 # into an empty database, process start included; appends to rebuild-rounds.txt.
 rebuild_round() {
-  local db; db=$(fresh_db rebuild)
-  "$BIN" migrate --database-url "$db" >/dev/null 2>&1
+  local db; db=$(migrated_db rebuild)
   local start; start=$(date +%s.%N)
   "$BIN" rebuild --database-url "$db" --kafka-topic "$T_SINK" --kafka-group-id "rebuild-$RUN-$1" 2>"$WORK/rebuild-$1.log" &
   APP_PID=$!
@@ -203,7 +203,6 @@ rebuild_round() {
   echo "$(ratio "$rate" "$2") $rate $2 $seconds" >>"$WORK/rebuild-rounds.txt"
   log "  round $1: COPY $2 rows/s, rebuild $rate rows/s ($rows rows in ${seconds}s), ratio $(ratio "$rate" "$2")"
 }
-max() { echo $(($1 > $2 ? $1 : $2)); }
 
 if want sink || want rebuild; then
   log "sink and rebuild: $RECORDS records preloaded; $ROUNDS rounds of COPY, then the consumer and chronolog rebuild, each into an empty database"
