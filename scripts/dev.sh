@@ -21,6 +21,10 @@ if [[ -d $DEV_DIR/pg/data ]]; then
 else
   start_postgres "$DEV_DIR"
 fi
+# The broker runs in a process group of its own (job control), so that the
+# terminal's Ctrl-C reaches chronolog alone: stopping gracefully, it leaves
+# the group and commits its offsets while the broker is still there.
+set -m
 start_tansu "$DEV_DIR"
 
 cargo build --release --quiet
