@@ -4,10 +4,12 @@
 //! stops start-up with clap's error, which names the variable (the value name
 //! of each flag is its environment variable).
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 
 /// Settings shared by every role.
 #[derive(Debug, Clone, Args)]
@@ -27,6 +29,76 @@ pub struct Settings {
     /// Partition count used when chronolog creates the topic (an existing topic is left as is).
     #[arg(long, env = "KAFKA_PARTITIONS", value_name = "KAFKA_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub kafka_partitions: i32,
+
+    /// `retention.ms` of the topics chronolog creates. `-1` (the default) is
+    /// Kafka's "kept forever": the command topic is the golden record. tansu
+    /// 0.6.0 reads -1 literally and deletes everything; give it
+    /// 9223372036854775807, which is forever too.
+    #[arg(long, env = "KAFKA_TOPIC_RETENTION_MS", value_name = "KAFKA_TOPIC_RETENTION_MS", default_value_t = -1, allow_hyphen_values = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    pub kafka_topic_retention_ms: i64,
+
+    /// Replication factor of the topics chronolog creates (3 in production).
+    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", value_name = "KAFKA_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub kafka_replication_factor: i32,
+
+    /// `min.insync.replicas` of the topics chronolog creates (2 in
+    /// production, with a replication factor of 3 and `acks=all`).
+    #[arg(long, env = "KAFKA_MIN_INSYNC_REPLICAS", value_name = "KAFKA_MIN_INSYNC_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub kafka_min_insync_replicas: i32,
+
+    /// How chronolog talks to the brokers.
+    #[arg(
+        long,
+        env = "KAFKA_SECURITY_PROTOCOL",
+        value_name = "KAFKA_SECURITY_PROTOCOL",
+        default_value = "plaintext"
+    )]
+    pub kafka_security_protocol: SecurityProtocol,
+
+    /// SASL mechanism (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`), with a
+    /// `sasl_*` security protocol.
+    #[arg(
+        long,
+        env = "KAFKA_SASL_MECHANISM",
+        value_name = "KAFKA_SASL_MECHANISM",
+        default_value = "PLAIN"
+    )]
+    pub kafka_sasl_mechanism: String,
+
+    /// SASL user name, with a `sasl_*` security protocol.
+    #[arg(
+        long,
+        env = "KAFKA_SASL_USERNAME",
+        value_name = "KAFKA_SASL_USERNAME",
+        default_value = ""
+    )]
+    pub kafka_sasl_username: String,
+
+    /// SASL password, with a `sasl_*` security protocol. Never logged.
+    #[arg(
+        long,
+        env = "KAFKA_SASL_PASSWORD",
+        value_name = "KAFKA_SASL_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub kafka_sasl_password: Secret,
+
+    /// CA certificate(s) (PEM) that sign the brokers' certificates, with an
+    /// `ssl` or `sasl_ssl` security protocol; the system's CAs when absent.
+    #[arg(
+        long,
+        env = "KAFKA_SSL_CA_LOCATION",
+        value_name = "KAFKA_SSL_CA_LOCATION"
+    )]
+    pub kafka_ssl_ca_location: Option<PathBuf>,
+
+    /// Any other librdkafka property, from environment variables
+    /// `KAFKA_OPTION_<property with dots as underscores>`
+    /// (`KAFKA_OPTION_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM=none`). Applied
+    /// last, so they override chronolog's own choices. Values are never logged.
+    #[arg(skip = KafkaOptions::from_env())]
+    pub kafka_options: KafkaOptions,
 
     /// How long the group waits for a silent member (a crashed process) before
     /// giving its partitions to the others.
@@ -104,6 +176,150 @@ pub struct Settings {
     /// How long a rebalance or shutdown waits for in-flight batches to commit.
     #[arg(long, env = "DRAIN_TIMEOUT", value_name = "DRAIN_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub drain_timeout: Duration,
+
+    /// How long the command side remembers an `Idempotency-Key`: a retry
+    /// within this time gets the first answer's id.
+    #[arg(long, env = "IDEMPOTENCY_KEY_TTL", value_name = "IDEMPOTENCY_KEY_TTL", default_value = "24h", value_parser = duration)]
+    pub idempotency_key_ttl: Duration,
+}
+
+/// `Settings` alone as a command line, for [`Settings::parse_from`].
+#[derive(Parser)]
+struct SettingsOnly {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+impl Settings {
+    /// Settings from command-line arguments (the first is the program name)
+    /// and the environment, exactly as `chronolog serve` reads them.
+    pub fn parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        SettingsOnly::try_parse_from(args).map(|cli| cli.settings)
+    }
+}
+
+/// How chronolog connects to the brokers (librdkafka's `security.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SecurityProtocol {
+    /// No encryption, no authentication.
+    Plaintext,
+    /// TLS.
+    Ssl,
+    /// SASL authentication without encryption.
+    SaslPlaintext,
+    /// SASL authentication over TLS.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// librdkafka's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    /// Whether the protocol authenticates with SASL.
+    pub fn uses_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+}
+
+/// A value that must never appear in logs or messages: its `Debug` and
+/// `Display` show `***`. [`Secret::expose`] is the one way to read it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, to hand to the client that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no secret was given.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// librdkafka properties passed through from `KAFKA_OPTION_*` variables.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaOptions(pub Vec<(String, Secret)>);
+
+impl KafkaOptions {
+    /// Prefix of the environment variables that carry them.
+    pub const PREFIX: &str = "KAFKA_OPTION_";
+
+    /// The options in the process environment, sorted by property.
+    pub fn from_env() -> Self {
+        Self::from_vars(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
+    }
+
+    /// The options among `vars` (name, value): `KAFKA_OPTION_FETCH_MAX_BYTES`
+    /// becomes `fetch.max.bytes`.
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut options: Vec<(String, Secret)> = vars
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let property = name.strip_prefix(Self::PREFIX)?;
+                (!property.is_empty()).then(|| {
+                    (
+                        property.to_ascii_lowercase().replace('_', "."),
+                        Secret(value),
+                    )
+                })
+            })
+            .collect();
+        options.sort_by(|a, b| a.0.cmp(&b.0));
+        Self(options)
+    }
+}
+
+impl fmt::Debug for KafkaOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| format!("{k}=***")))
+            .finish()
+    }
 }
 
 /// Logging settings, applied once at start.

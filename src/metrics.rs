@@ -1,9 +1,9 @@
 //! Every Prometheus metric chronolog exports, declared once with its help
-//! text (DESIGN §8). Names are `chronolog_<what>_<unit>[_total]`; labels take
+//! text. Names are `chronolog_<what>_<unit>[_total]`; labels take
 //! few values (`actor`, `message`, `outcome`, `partition`), never ids.
 
 use std::future::Future;
-use std::sync::LazyLock;
+use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus::{
@@ -11,9 +11,12 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder, exponential_buckets,
 };
 
-/// The process-wide metric set.
+/// The metric set of one application (one per process in production; the
+/// tests run several applications in one process, each with its own).
 pub struct Metrics {
     registry: Registry,
+    /// The series of each known actor message, resolved once.
+    messages: Vec<(&'static str, &'static str, MessageMetrics)>,
     /// Messages handled per actor, message type and outcome.
     pub actor_messages: IntCounterVec,
     /// Time an actor took to answer a message.
@@ -58,9 +61,21 @@ fn latency_buckets() -> Vec<f64> {
 }
 
 impl Metrics {
-    fn new() -> Result<Self, prometheus::Error> {
+    /// A fresh registry with every metric declared and every known label set
+    /// at zero.
+    pub fn new() -> Arc<Self> {
+        match Self::declare() {
+            Ok(metrics) => Arc::new(metrics),
+            // Only reachable through a programming error in the declarations,
+            // which every test run exercises.
+            Err(error) => panic!("metric declarations are invalid: {error}"),
+        }
+    }
+
+    fn declare() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("chronolog".into()), None)?;
-        let m = Self {
+        let mut m = Self {
+            messages: Vec::new(),
             actor_messages: IntCounterVec::new(
                 Opts::new(
                     "actor_messages_total",
@@ -180,6 +195,12 @@ impl Metrics {
             registry,
         };
         m.register()?;
+        m.prime();
+        m.messages = ACTOR_MESSAGES
+            .iter()
+            .flat_map(|(actor, messages)| messages.iter().map(move |message| (*actor, *message)))
+            .map(|(actor, message)| (actor, message, MessageMetrics::new(&m, actor, message)))
+            .collect();
         Ok(m)
     }
 
@@ -216,47 +237,78 @@ impl Metrics {
     }
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(|| match Metrics::new() {
-    Ok(metrics) => metrics,
-    // Only reachable through a programming error in the declarations above,
-    // which every test run exercises.
-    Err(error) => panic!("metric declarations are invalid: {error}"),
-});
+/// Every actor and the messages it handles, as they appear in labels.
+pub const ACTOR_MESSAGES: [(&str, &[&str]); 4] = [
+    ("ingestion", &["SubmitCommand"]),
+    ("kafka_producer", &["PublishCommand", "PublishDeadLetter"]),
+    ("partition_consumer", &["RecordBatch", "Drain"]),
+    ("db_writer", &["WriteBatch", "LoadOffsets"]),
+];
 
-/// The process-wide metrics.
-pub fn metrics() -> &'static Metrics {
-    &METRICS
-}
-
-/// Runs one actor message handler, recording its outcome, latency and the
-/// actor's in-flight count. Every actor's handlers go through here.
-pub async fn observe<T, E>(
-    actor: &'static str,
-    message: &'static str,
-    handler: impl Future<Output = Result<T, E>>,
-) -> Result<T, E> {
-    let known = MESSAGE_METRICS
-        .iter()
-        .find(|(a, m, _)| *a == actor && *m == message)
-        .map(|(_, _, metrics)| metrics);
-    let resolved;
-    let metrics = match known {
-        Some(metrics) => metrics,
-        None => {
-            resolved = MessageMetrics::new(actor, message);
-            &resolved
+impl Metrics {
+    /// Runs one actor message handler, recording its outcome, latency and
+    /// the actor's in-flight count. Every actor's handlers go through here.
+    pub async fn observe<T, E>(
+        &self,
+        actor: &'static str,
+        message: &'static str,
+        handler: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let known = self
+            .messages
+            .iter()
+            .find(|(a, m, _)| *a == actor && *m == message)
+            .map(|(_, _, metrics)| metrics);
+        let resolved;
+        let metrics = match known {
+            Some(metrics) => metrics,
+            None => {
+                resolved = MessageMetrics::new(self, actor, message);
+                &resolved
+            }
+        };
+        metrics.depth.inc();
+        let started = Instant::now();
+        let result = handler.await;
+        metrics.depth.dec();
+        metrics.seconds.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(_) => metrics.ok.inc(),
+            Err(_) => metrics.error.inc(),
         }
-    };
-    metrics.depth.inc();
-    let started = Instant::now();
-    let result = handler.await;
-    metrics.depth.dec();
-    metrics.seconds.observe(started.elapsed().as_secs_f64());
-    match result {
-        Ok(_) => metrics.ok.inc(),
-        Err(_) => metrics.error.inc(),
+        result
     }
-    result
+
+    /// Counts a supervisor restart of `actor`.
+    pub fn actor_restarted(&self, actor: &'static str) {
+        self.actor_restarts.with_label_values(&[actor]).inc();
+    }
+
+    /// Creates every label set known in advance with a zero value, so that
+    /// dashboards and alerts see a 0 rather than no series at all.
+    fn prime(&self) {
+        for (actor, messages) in ACTOR_MESSAGES {
+            self.actor_restarts.with_label_values(&[actor]);
+            self.actor_mailbox_depth.with_label_values(&[actor]);
+            for message in messages {
+                for outcome in ["ok", "error"] {
+                    self.actor_messages
+                        .with_label_values(&[actor, message, outcome]);
+                }
+            }
+        }
+        for kind in ["command", "dead_letter"] {
+            for outcome in ["delivered", "timeout", "failed", "fatal"] {
+                self.records_produced.with_label_values(&[kind, outcome]);
+            }
+        }
+        for outcome in ["committed", "failed"] {
+            self.db_transactions.with_label_values(&[outcome]);
+        }
+        for reason in crate::kafka::record::DecodeError::CODES {
+            self.dead_letters.with_label_values(&[reason]);
+        }
+    }
 }
 
 /// The series one actor message type updates, resolved once: looking labels
@@ -269,8 +321,7 @@ struct MessageMetrics {
 }
 
 impl MessageMetrics {
-    fn new(actor: &str, message: &str) -> Self {
-        let m = metrics();
+    fn new(m: &Metrics, actor: &str, message: &str) -> Self {
         Self {
             depth: m.actor_mailbox_depth.with_label_values(&[actor]),
             seconds: m
@@ -284,64 +335,13 @@ impl MessageMetrics {
     }
 }
 
-static MESSAGE_METRICS: LazyLock<Vec<(&str, &str, MessageMetrics)>> = LazyLock::new(|| {
-    ACTOR_MESSAGES
-        .iter()
-        .flat_map(|(actor, messages)| {
-            messages
-                .iter()
-                .map(|message| (*actor, *message, MessageMetrics::new(actor, message)))
-        })
-        .collect()
-});
-
-/// The actors and the messages each handles, as they appear in labels.
-pub const ACTOR_MESSAGES: [(&str, &[&str]); 4] = [
-    ("ingestion", &["SubmitCommand"]),
-    ("kafka_producer", &["PublishCommand", "PublishDeadLetter"]),
-    ("partition_consumer", &["RecordBatch", "Drain"]),
-    ("db_writer", &["WriteBatch", "LoadOffsets"]),
-];
-
-/// Creates every label set known in advance with a zero value, so that
-/// dashboards and alerts see a 0 rather than no series at all.
-pub fn prime() {
-    let m = metrics();
-    for (actor, messages) in ACTOR_MESSAGES {
-        m.actor_restarts.with_label_values(&[actor]);
-        m.actor_mailbox_depth.with_label_values(&[actor]);
-        for message in messages {
-            for outcome in ["ok", "error"] {
-                m.actor_messages
-                    .with_label_values(&[actor, message, outcome]);
-            }
-        }
-    }
-    for kind in ["command", "dead_letter"] {
-        for outcome in ["delivered", "timeout", "failed", "fatal"] {
-            m.records_produced.with_label_values(&[kind, outcome]);
-        }
-    }
-    for outcome in ["committed", "failed"] {
-        m.db_transactions.with_label_values(&[outcome]);
-    }
-    for reason in crate::kafka::record::DecodeError::CODES {
-        m.dead_letters.with_label_values(&[reason]);
-    }
-}
-
-/// Counts a supervisor restart of `actor`.
-pub fn actor_restarted(actor: &'static str) {
-    metrics().actor_restarts.with_label_values(&[actor]).inc();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_metric_is_exported_with_the_prefix() {
-        let m = metrics();
+        let m = Metrics::new();
         m.actor_restarts.with_label_values(&["db_writer"]).inc();
         let text = m.render();
         assert!(
@@ -352,5 +352,18 @@ mod tests {
             text.contains("# HELP chronolog_actor_restarts_total"),
             "{text}"
         );
+    }
+}
+
+#[cfg(test)]
+mod isolation {
+    use super::*;
+
+    #[test]
+    fn two_applications_count_apart() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.actor_restarted("db_writer");
+        assert_eq!(a.actor_restarts.with_label_values(&["db_writer"]).get(), 1);
+        assert_eq!(b.actor_restarts.with_label_values(&["db_writer"]).get(), 0);
     }
 }

@@ -18,6 +18,7 @@ use crate::actors::db_writer::DbWriter;
 use crate::config::Settings;
 use crate::kafka::admin;
 use crate::kafka::group::{ConsumerGroup, Membership};
+use crate::metrics::Metrics;
 
 /// How often progress is shown.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -112,9 +113,18 @@ pub async fn rebuild(settings: &Settings, group_id: &str) -> anyhow::Result<Rebu
     );
 
     let (url, size) = (settings.database_url.clone(), settings.database_pool_size);
-    let writer = Supervisor::start(move |_| DbWriter::new(url, size));
+    let metrics = Metrics::new();
+    let writer_metrics = metrics.clone();
+    let writer = Supervisor::start(move |_| DbWriter::new(url, size, writer_metrics));
     let start = targets.iter().map(|(&p, &(low, _))| (p, low)).collect();
-    let group = ConsumerGroup::start(settings, group_id, Membership::Assign(start), writer, None)?;
+    let group = ConsumerGroup::start(
+        settings,
+        group_id,
+        Membership::Assign(start),
+        writer,
+        None,
+        metrics,
+    )?;
     let status = group.status();
 
     let terminal = std::io::stderr().is_terminal();

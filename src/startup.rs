@@ -17,6 +17,7 @@ use crate::http::{self, RunningServer};
 use crate::kafka::admin;
 use crate::kafka::group::{ConsumerGroup, Membership};
 use crate::kafka::lag::LagMonitor;
+use crate::metrics::Metrics;
 
 /// A running chronolog process: some or all of its roles.
 pub struct Application {
@@ -26,6 +27,7 @@ pub struct Application {
     group: Option<ConsumerGroup>,
     lag: Option<LagMonitor>,
     producer: Option<Addr<KafkaProducer>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Application {
@@ -39,6 +41,7 @@ impl Application {
             roles.iter().copied().collect()
         };
         let has = |role| roles.contains(&role);
+        let metrics = Metrics::new();
         let uses_db = has(Role::Consumer) || has(Role::Query);
         let uses_broker = has(Role::Command) || has(Role::Consumer);
 
@@ -61,7 +64,7 @@ impl Application {
         };
         let shared_producer = if uses_broker {
             Some(
-                SharedProducer::new(settings.clone())
+                SharedProducer::new(settings.clone(), metrics.clone())
                     .context("KAFKA_BROKERS: cannot create the producer")?,
             )
         } else {
@@ -83,11 +86,11 @@ impl Application {
             group: None,
             lag: None,
             producer: producer.clone(),
+            metrics: metrics.clone(),
         };
         if uses_broker {
-            crate::metrics::prime();
             app.lag = Some(
-                LagMonitor::start(settings)
+                LagMonitor::start(settings, metrics.clone())
                     .context("KAFKA_BROKERS: cannot start the lag monitor")?,
             );
         }
@@ -98,13 +101,15 @@ impl Application {
         };
         if let Some(producer) = &producer {
             let (url, size) = (settings.database_url.clone(), settings.database_pool_size);
-            let writer = Supervisor::start(move |_| DbWriter::new(url, size));
+            let writer_metrics = metrics.clone();
+            let writer = Supervisor::start(move |_| DbWriter::new(url, size, writer_metrics));
             let group = ConsumerGroup::start(
                 settings,
                 &settings.kafka_group_id,
                 Membership::Subscribe,
                 writer,
                 Some(producer.clone()),
+                metrics.clone(),
             )
             .context("cannot join the consumer group")?;
             readiness.partitions = Some(group.status());
@@ -120,17 +125,25 @@ impl Application {
         if let (true, Some(shared)) = (has(Role::Command), &shared_producer) {
             let shared = shared.clone();
             let ready = readiness.clone();
-            let mut server = http::bind(settings.command_addr, "command", move |cfg| {
-                // Runs on each HTTP worker thread: its ingestion and producer
-                // actors live on that thread's arbiter, so that a command is
-                // handed from actor to actor without crossing threads.
-                let shared = shared.clone();
-                let producer = Supervisor::start(move |_| KafkaProducer::new(shared));
-                let ingestion = Supervisor::start(move |_| Ingestion::new(producer));
-                cfg.app_data(actix_web::web::Data::new(ingestion))
-                    .app_data(actix_web::web::Data::new(ready.clone()))
-                    .configure(http::command::routes);
-            })
+            let worker_metrics = metrics.clone();
+            let mut server = http::bind(
+                settings.command_addr,
+                "command",
+                metrics.clone(),
+                move |cfg| {
+                    // Runs on each HTTP worker thread: its ingestion and producer
+                    // actors live on that thread's arbiter, so that a command is
+                    // handed from actor to actor without crossing threads.
+                    let shared = shared.clone();
+                    let producer = Supervisor::start(move |_| KafkaProducer::new(shared));
+                    let worker_metrics = worker_metrics.clone();
+                    let ingestion =
+                        Supervisor::start(move |_| Ingestion::new(producer, worker_metrics));
+                    cfg.app_data(actix_web::web::Data::new(ingestion))
+                        .app_data(actix_web::web::Data::new(ready.clone()))
+                        .configure(http::command::routes);
+                },
+            )
             .with_context(|| format!("COMMAND_ADDR: cannot listen on {}", settings.command_addr))?;
             server.spawn();
             app.command = Some(server);
@@ -141,20 +154,26 @@ impl Application {
                 settings.database_pool_size,
             ));
             let ready = readiness.clone();
-            let mut server = http::bind(settings.query_addr, "query", move |cfg| {
-                cfg.app_data(pool.clone())
-                    .app_data(actix_web::web::Data::new(ready.clone()))
-                    .configure(http::query::routes);
-            })
-            .with_context(|| format!("QUERY_ADDR: cannot listen on {}", settings.query_addr))?;
+            let mut server =
+                http::bind(settings.query_addr, "query", metrics.clone(), move |cfg| {
+                    cfg.app_data(pool.clone())
+                        .app_data(actix_web::web::Data::new(ready.clone()))
+                        .configure(http::query::routes);
+                })
+                .with_context(|| format!("QUERY_ADDR: cannot listen on {}", settings.query_addr))?;
             server.spawn();
             app.query = Some(server);
         }
         if roles.len() == 1 && has(Role::Consumer) {
             let ready = readiness.clone();
-            let mut server = http::bind(settings.consumer_addr, "consumer", move |cfg| {
-                cfg.app_data(actix_web::web::Data::new(ready.clone()));
-            })
+            let mut server = http::bind(
+                settings.consumer_addr,
+                "consumer",
+                metrics.clone(),
+                move |cfg| {
+                    cfg.app_data(actix_web::web::Data::new(ready.clone()));
+                },
+            )
             .with_context(|| {
                 format!("CONSUMER_ADDR: cannot listen on {}", settings.consumer_addr)
             })?;
@@ -162,6 +181,11 @@ impl Application {
             app.consumer_ops = Some(server);
         }
         Ok(app)
+    }
+
+    /// The metrics of this application (what its `/metrics` shows).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Address of the command API, when this process runs the command role.

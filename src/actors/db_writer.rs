@@ -16,7 +16,9 @@ use actix::prelude::*;
 use crate::db::models::ProjectedRecord;
 use crate::db::queries::{self, BatchApplied, PartitionKey};
 use crate::db::{DbError, Pool};
-use crate::metrics::{self, metrics};
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
 
 const ACTOR: &str = "db_writer";
 /// Batches that may wait for the writer; one per partition is in flight at
@@ -58,16 +60,18 @@ pub struct DbWriter {
     database_url: String,
     pool_size: u32,
     pool: Pool,
+    metrics: Arc<Metrics>,
 }
 
 impl DbWriter {
     /// A writer with its own pool of `pool_size` connections.
-    pub fn new(database_url: String, pool_size: u32) -> Self {
+    pub fn new(database_url: String, pool_size: u32, metrics: Arc<Metrics>) -> Self {
         let pool = crate::db::pool(&database_url, pool_size);
         Self {
             database_url,
             pool_size,
             pool,
+            metrics,
         }
     }
 }
@@ -82,7 +86,7 @@ impl Actor for DbWriter {
 
 impl Supervised for DbWriter {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        metrics::actor_restarted(ACTOR);
+        self.metrics.actor_restarted(ACTOR);
         self.pool = crate::db::pool(&self.database_url, self.pool_size);
         tracing::warn!("db writer restarted with a fresh connection pool");
     }
@@ -92,7 +96,12 @@ impl Handler<WriteBatch> for DbWriter {
     type Result = ResponseActFuture<Self, Result<BatchCommitted, DbError>>;
 
     fn handle(&mut self, msg: WriteBatch, _ctx: &mut Self::Context) -> Self::Result {
-        let fut = metrics::observe(ACTOR, "WriteBatch", write_batch(self.pool.clone(), msg));
+        let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
+        let fut = async move {
+            metrics
+                .observe(ACTOR, "WriteBatch", write_batch(pool, &metrics, msg))
+                .await
+        };
         Box::pin(fut.into_actor(self).map(stop_on_lost_connection))
     }
 }
@@ -101,11 +110,14 @@ impl Handler<LoadOffsets> for DbWriter {
     type Result = ResponseActFuture<Self, Result<HashMap<i32, i64>, DbError>>;
 
     fn handle(&mut self, msg: LoadOffsets, _ctx: &mut Self::Context) -> Self::Result {
-        let pool = self.pool.clone();
-        let fut = metrics::observe(ACTOR, "LoadOffsets", async move {
-            let mut conn = pool.get().await?;
-            queries::load_offsets(&mut conn, &msg.group_id, &msg.topic).await
-        });
+        let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
+        let fut = async move {
+            let load = async {
+                let mut conn = pool.get().await?;
+                queries::load_offsets(&mut conn, &msg.group_id, &msg.topic).await
+            };
+            metrics.observe(ACTOR, "LoadOffsets", load).await
+        };
         Box::pin(fut.into_actor(self).map(stop_on_lost_connection))
     }
 }
@@ -124,8 +136,11 @@ fn stop_on_lost_connection<T>(
 }
 
 /// Runs one batch in one transaction and records its outcome.
-pub async fn write_batch(pool: Pool, msg: WriteBatch) -> Result<BatchCommitted, DbError> {
-    let m = metrics();
+pub async fn write_batch(
+    pool: Pool,
+    m: &Metrics,
+    msg: WriteBatch,
+) -> Result<BatchCommitted, DbError> {
     let started = Instant::now();
     let result = async {
         let mut conn = pool.get().await?;

@@ -10,7 +10,9 @@ use crate::actors::producer::{Delivered, KafkaProducer, ProduceError, PublishCom
 use crate::domain::{
     CorrelationId, TimestampCommand, TimestampError, parse_event_timestamp, truncate_to_micros,
 };
-use crate::metrics;
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
 
 const ACTOR: &str = "ingestion";
 /// Commands that may wait before HTTP handlers are held back.
@@ -49,12 +51,13 @@ pub enum SubmitError {
 /// Validates commands and hands them to the producer.
 pub struct Ingestion {
     producer: Addr<KafkaProducer>,
+    metrics: Arc<Metrics>,
 }
 
 impl Ingestion {
     /// An ingestion actor publishing through `producer`.
-    pub fn new(producer: Addr<KafkaProducer>) -> Self {
-        Self { producer }
+    pub fn new(producer: Addr<KafkaProducer>, metrics: Arc<Metrics>) -> Self {
+        Self { producer, metrics }
     }
 }
 
@@ -68,7 +71,7 @@ impl Actor for Ingestion {
 
 impl Supervised for Ingestion {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        metrics::actor_restarted(ACTOR);
+        self.metrics.actor_restarted(ACTOR);
     }
 }
 
@@ -77,8 +80,16 @@ impl Handler<SubmitCommand> for Ingestion {
 
     fn handle(&mut self, msg: SubmitCommand, _ctx: &mut Self::Context) -> Self::Result {
         let span = tracing::info_span!("submit_command", correlation_id = %msg.correlation_id);
-        let fut = metrics::observe(ACTOR, "SubmitCommand", submit(self.producer.clone(), msg));
-        Box::pin(fut.instrument(span))
+        let metrics = self.metrics.clone();
+        let producer = self.producer.clone();
+        Box::pin(
+            async move {
+                metrics
+                    .observe(ACTOR, "SubmitCommand", submit(producer, msg))
+                    .await
+            }
+            .instrument(span),
+        )
     }
 }
 

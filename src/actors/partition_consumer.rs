@@ -32,7 +32,7 @@ use crate::db::models::ProjectedRecord;
 use crate::db::queries::PartitionKey;
 use crate::kafka::group::{GroupConsumer, GroupStatus, PartitionQueue};
 use crate::kafka::record::{self, CORRELATION_HEADER};
-use crate::metrics::{self, metrics};
+use crate::metrics::Metrics;
 
 const ACTOR: &str = "partition_consumer";
 /// Control messages only (drain); records come from the partition queue.
@@ -55,6 +55,8 @@ pub struct PartitionDeps {
     pub status: Arc<GroupStatus>,
     /// Most records per batch.
     pub batch_max: usize,
+    /// The application's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Finish the batch in flight, acknowledge it and stop: the partition is
@@ -156,7 +158,7 @@ impl Actor for PartitionConsumer {
 
 impl Supervised for PartitionConsumer {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        metrics::actor_restarted(ACTOR);
+        self.deps.metrics.actor_restarted(ACTOR);
         // Records read but not committed were lost with the old worker: go
         // back to the last offset durable in the view.
         if let Some(offset) = self.committed()
@@ -207,7 +209,8 @@ impl Handler<Drain> for PartitionConsumer {
                 next_offset: Some(next).filter(|&o| o >= 0),
             })
         };
-        let fut = metrics::observe(ACTOR, "Drain", drain);
+        let metrics = self.deps.metrics.clone();
+        let fut = async move { metrics.observe(ACTOR, "Drain", drain).await };
         Box::pin(fut.into_actor(self).map(|result, _act, ctx| {
             ctx.stop();
             match result {
@@ -347,7 +350,10 @@ impl PartitionRun {
             if batch.is_empty() {
                 continue;
             }
-            let projected = metrics::observe(ACTOR, "RecordBatch", self.project(batch, &stop));
+            let projected =
+                self.deps
+                    .metrics
+                    .observe(ACTOR, "RecordBatch", self.project(batch, &stop));
             if let Err(exit) = projected.await {
                 return exit;
             }
@@ -467,7 +473,11 @@ impl PartitionRun {
             }
         })
         .await?;
-        metrics().dead_letters.with_label_values(&[reason]).inc();
+        self.deps
+            .metrics
+            .dead_letters
+            .with_label_values(&[reason])
+            .inc();
         tracing::warn!(
             offset,
             reason,

@@ -24,7 +24,7 @@ use crate::config::Settings;
 use crate::domain::{CorrelationId, TimestampCommand};
 use crate::kafka::record::{CORRELATION_HEADER, encode_value};
 use crate::kafka::{TracingContext, producer_config};
-use crate::metrics::{self, metrics};
+use crate::metrics::Metrics;
 
 const ACTOR: &str = "kafka_producer";
 /// Publishes that may wait for the producer before senders are held back.
@@ -85,16 +85,18 @@ pub enum ProduceError {
 /// The process's idempotent producer client, shared by its producer actors.
 pub struct SharedProducer {
     settings: Settings,
+    metrics: Arc<Metrics>,
     /// The client and its generation; the generation grows with each rebuild.
     current: Mutex<(u64, Option<Client>)>,
 }
 
 impl SharedProducer {
     /// Builds the client; fails only on an invalid configuration.
-    pub fn new(settings: Settings) -> Result<Arc<Self>, KafkaError> {
+    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Result<Arc<Self>, KafkaError> {
         let client = Self::create(&settings)?;
         Ok(Arc::new(Self {
             settings,
+            metrics,
             current: Mutex::new((0, Some(client))),
         }))
     }
@@ -174,7 +176,7 @@ impl Actor for KafkaProducer {
 
 impl Supervised for KafkaProducer {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        metrics::actor_restarted(ACTOR);
+        self.shared.metrics.actor_restarted(ACTOR);
         // Only a fatal error stops this actor: its client is beyond repair.
         (self.generation, self.client) = self.shared.renew(self.generation);
         tracing::warn!("kafka producer restarted");
@@ -198,6 +200,7 @@ impl Handler<PublishCommand> for KafkaProducer {
         });
         let send = publish(
             self.client(),
+            self.shared.metrics.clone(),
             Outgoing {
                 topic: self.shared.settings.kafka_topic.clone(),
                 key: Some(key.into_bytes()),
@@ -207,7 +210,9 @@ impl Handler<PublishCommand> for KafkaProducer {
             },
             self.shared.settings.delivery_timeout,
         );
-        let fut = metrics::observe(ACTOR, "PublishCommand", send).instrument(span);
+        let metrics = self.shared.metrics.clone();
+        let fut =
+            async move { metrics.observe(ACTOR, "PublishCommand", send).await }.instrument(span);
         Box::pin(fut.into_actor(self).map(stop_on_fatal))
     }
 }
@@ -224,6 +229,7 @@ impl Handler<PublishDeadLetter> for KafkaProducer {
         });
         let send = publish(
             self.client(),
+            self.shared.metrics.clone(),
             Outgoing {
                 topic: self.shared.settings.dead_letter_topic(),
                 key: msg.key,
@@ -233,8 +239,9 @@ impl Handler<PublishDeadLetter> for KafkaProducer {
             },
             self.shared.settings.delivery_timeout,
         );
+        let metrics = self.shared.metrics.clone();
         Box::pin(
-            metrics::observe(ACTOR, "PublishDeadLetter", send)
+            async move { metrics.observe(ACTOR, "PublishDeadLetter", send).await }
                 .into_actor(self)
                 .map(stop_on_fatal),
         )
@@ -266,10 +273,10 @@ struct Outgoing {
 /// Sends one record and waits for the broker's acknowledgement.
 async fn publish(
     client: Option<Client>,
+    m: Arc<Metrics>,
     outgoing: Outgoing,
     delivery_timeout: Duration,
 ) -> Result<Delivered, ProduceError> {
-    let m = metrics();
     let kind = outgoing.kind;
     let client = client.ok_or_else(|| ProduceError::Unavailable("no producer".into()))?;
     let mut record = FutureRecord::<[u8], [u8]>::to(&outgoing.topic).headers(outgoing.headers);
@@ -329,22 +336,13 @@ async fn publish(
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        settings: Settings,
-    }
 
     fn shared() -> Arc<SharedProducer> {
         // librdkafka connects lazily: no broker is needed to build a client.
-        let settings = Cli::try_parse_from(["chronolog", "--kafka-brokers", "127.0.0.1:1"])
-            .expect("default settings")
-            .settings;
-        SharedProducer::new(settings).expect("client")
+        let settings = Settings::parse_from(["chronolog", "--kafka-brokers", "127.0.0.1:1"])
+            .expect("default settings");
+        SharedProducer::new(settings, Metrics::new()).expect("client")
     }
 
     fn pointer(client: &Option<Client>) -> *mut rdkafka::bindings::rd_kafka_t {

@@ -19,7 +19,7 @@ use tracing::Instrument;
 use crate::domain::CorrelationId;
 use crate::http::Route;
 use crate::http::error::ApiError;
-use crate::metrics::metrics;
+use crate::metrics::Metrics;
 
 /// The header that carries the correlation id.
 pub const CORRELATION_HEADER: &str = "correlationId";
@@ -87,7 +87,12 @@ pub async fn observe(
     };
     let status = response.status();
     let route = route_label(response.request());
-    let m = metrics();
+    let Some(m) = response
+        .request()
+        .app_data::<actix_web::web::Data<Metrics>>()
+    else {
+        return Ok(response);
+    };
     m.http_requests
         .with_label_values(&[&route, method.as_str(), status.as_str()])
         .inc();

@@ -8,11 +8,13 @@ pub mod ops;
 pub mod query;
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, Resource, web};
 
 use crate::http::error::{ApiError, shorten};
+use crate::metrics::Metrics;
 
 /// The pattern of the resource that served a request: the `route` label of
 /// the HTTP metrics. Kept in the resource's data, so that labelling a request
@@ -49,14 +51,21 @@ impl RunningServer {
 
 /// Binds `addr` and builds a server whose app is configured by `configure`
 /// (plus the operations routes, the middleware and JSON errors).
-pub fn bind<F>(addr: SocketAddr, name: &'static str, configure: F) -> std::io::Result<RunningServer>
+pub fn bind<F>(
+    addr: SocketAddr,
+    name: &'static str,
+    metrics: Arc<Metrics>,
+    configure: F,
+) -> std::io::Result<RunningServer>
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
     let listener = TcpListener::bind(addr)?;
     let addr = listener.local_addr()?;
+    let metrics = web::Data::from(metrics);
     let server = HttpServer::new(move || {
         App::new()
+            .app_data(metrics.clone())
             .app_data(web::PathConfig::default().error_handler(|err, _| {
                 ApiError::BadRequest(format!("malformed path: {err}")).into()
             }))

@@ -14,7 +14,7 @@ use crate::config::Settings;
 use crate::db::{Pool, queries};
 use crate::kafka::group::GroupStatus;
 use crate::kafka::{TracingContext, base_config, topic_partitions};
-use crate::metrics::metrics;
+use crate::metrics::Metrics;
 
 /// How long one dependency check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -35,10 +35,10 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "UP"}))
 }
 
-async fn render_metrics() -> HttpResponse {
+async fn render_metrics(metrics: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(metrics().render())
+        .body(metrics.render())
 }
 
 /// Asks the broker for the command topic's metadata.

@@ -33,7 +33,7 @@ use crate::actors::producer::KafkaProducer;
 use crate::config::Settings;
 use crate::db::queries::PartitionKey;
 use crate::kafka::{consumer_config, forward_log};
-use crate::metrics::metrics;
+use crate::metrics::Metrics;
 
 /// The group's consumer.
 pub type GroupConsumer = StreamConsumer<GroupContext>;
@@ -46,16 +46,37 @@ pub type PartitionQueue = StreamPartitionQueue<GroupContext>;
 const OFFSET_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the group's partitions are doing, for `/ready`.
-#[derive(Debug, Default)]
 pub struct GroupStatus {
     assigned: Mutex<BTreeSet<i32>>,
     blocked: Mutex<BTreeSet<i32>>,
     committed: Mutex<BTreeMap<i32, i64>>,
     /// Signalled at each commit, for whoever waits for the view to catch up.
     commit_seen: tokio::sync::Notify,
+    /// Counts commits; every subscriber sees each change (see [`Self::commits`]).
+    commits: tokio::sync::watch::Sender<u64>,
+    metrics: Arc<Metrics>,
 }
 
 impl GroupStatus {
+    /// The status of a group that has no partition yet.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            assigned: Mutex::default(),
+            blocked: Mutex::default(),
+            committed: Mutex::default(),
+            commit_seen: tokio::sync::Notify::new(),
+            commits: tokio::sync::watch::Sender::new(0),
+            metrics,
+        }
+    }
+
+    /// A receiver that changes after every batch commit of this group: the
+    /// signal that the view may hold records it did not hold before. Any
+    /// number of receivers, none of which costs anything between commits.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
     /// Marks a partition as blocked (retrying a failed write) or not.
     pub fn set_blocked(&self, key: &PartitionKey, blocked: bool) {
         if let Ok(mut set) = self.blocked.lock() {
@@ -65,7 +86,7 @@ impl GroupStatus {
                 set.remove(&key.partition);
             }
         }
-        metrics()
+        self.metrics
             .partition_blocked
             .with_label_values(&[&key.topic, &key.partition.to_string()])
             .set(i64::from(blocked));
@@ -85,7 +106,8 @@ impl GroupStatus {
             map.insert(key.partition, next_offset);
         }
         self.commit_seen.notify_one();
-        metrics()
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+        self.metrics
             .committed_offset
             .with_label_values(&[&key.topic, &key.partition.to_string()])
             .set(next_offset);
@@ -207,6 +229,7 @@ impl GroupContext {
             producer: self.producer.clone(),
             status: self.status.clone(),
             batch_max: self.batch_max,
+            metrics: self.status.metrics.clone(),
         };
         let mut started = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
         for (partition, queue) in queues {
@@ -360,9 +383,10 @@ impl ConsumerGroup {
         membership: Membership,
         writer: Addr<DbWriter>,
         producer: Option<Addr<KafkaProducer>>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, GroupError> {
         let arbiter = Arbiter::new();
-        let status = Arc::new(GroupStatus::default());
+        let status = Arc::new(GroupStatus::new(metrics));
         let context = GroupContext {
             consumer: OnceLock::new(),
             group_id: group_id.to_owned(),

@@ -18,7 +18,9 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::config::Settings;
 use crate::kafka::{TracingContext, base_config, topic_partitions};
-use crate::metrics::metrics;
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -47,7 +49,7 @@ struct Probe {
 
 impl LagMonitor {
     /// Starts measuring every `settings.lag_interval`.
-    pub fn start(settings: &Settings) -> Result<Self, KafkaError> {
+    pub fn start(settings: &Settings, metrics: Arc<Metrics>) -> Result<Self, KafkaError> {
         let probe = Probe {
             topic: settings.kafka_topic.clone(),
             offsets: base_config(settings)
@@ -69,7 +71,7 @@ impl LagMonitor {
             .spawn(move || {
                 loop {
                     match probe.measure() {
-                        Ok(lags) => probe.export(&lags),
+                        Ok(lags) => probe.export(&metrics, &lags),
                         Err(error) => tracing::debug!(%error, "cannot measure consumer lag"),
                     }
                     match stopped.recv_timeout(interval) {
@@ -163,8 +165,7 @@ impl Probe {
         Ok(ages)
     }
 
-    fn export(&self, lags: &BTreeMap<i32, PartitionLag>) {
-        let m = metrics();
+    fn export(&self, m: &Metrics, lags: &BTreeMap<i32, PartitionLag>) {
         for (p, lag) in lags {
             let labels = [self.topic.as_str(), &p.to_string()];
             m.consumer_lag_records

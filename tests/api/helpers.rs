@@ -75,29 +75,29 @@ pub async fn create_database() -> String {
     format!("{server}/{name}")
 }
 
-/// Settings for a test: fresh topic and group, ephemeral ports, short timeouts.
+/// Settings for a test: chronolog's defaults with a fresh topic and group,
+/// ephemeral ports and short timeouts.
 pub fn settings(database_url: &str) -> Settings {
     let topic = unique("chronolog-test");
     let any_port: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
-    Settings {
-        kafka_brokers: brokers(),
-        kafka_group_id: format!("{topic}-projector"),
-        kafka_topic: topic,
-        kafka_partitions: 3,
-        kafka_session_timeout: Duration::from_secs(10),
-        kafka_group_instance_id: String::new(),
-        delivery_timeout: Duration::from_secs(10),
-        producer_linger: Duration::from_micros(500),
-        fetch_wait: Duration::from_millis(20),
-        database_url: database_url.to_owned(),
-        database_pool_size: 4,
-        batch_max_records: 500,
-        command_addr: any_port,
-        query_addr: any_port,
-        consumer_addr: any_port,
-        drain_timeout: Duration::from_secs(10),
-        lag_interval: Duration::from_millis(500),
-    }
+    let mut settings = Settings::parse_from(["chronolog"]).expect("default settings");
+    settings.kafka_brokers = brokers();
+    settings.kafka_group_id = format!("{topic}-projector");
+    settings.kafka_topic = topic;
+    settings.kafka_partitions = 3;
+    // tansu 0.6.0 deletes every record of a topic whose retention.ms is -1.
+    settings.kafka_topic_retention_ms = i64::MAX;
+    settings.kafka_session_timeout = Duration::from_secs(10);
+    settings.delivery_timeout = Duration::from_secs(10);
+    settings.database_url = database_url.to_owned();
+    settings.database_pool_size = 4;
+    settings.batch_max_records = 500;
+    settings.command_addr = any_port;
+    settings.query_addr = any_port;
+    settings.consumer_addr = any_port;
+    settings.drain_timeout = Duration::from_secs(10);
+    settings.lag_interval = Duration::from_millis(500);
+    settings
 }
 
 /// chronolog running against a fresh database and topic.
@@ -209,6 +209,11 @@ impl TestApp {
     /// cannot be: the id is the primary key, so a count is compared too).
     pub async fn row_ids(&self) -> Vec<Uuid> {
         row_ids(&self.settings.database_url).await
+    }
+
+    /// The metrics of the application under test (its own registry).
+    pub fn metrics(&self) -> Arc<chronolog::metrics::Metrics> {
+        self.app.as_ref().expect("running").metrics()
     }
 
     /// Stops every role gracefully.
@@ -595,6 +600,10 @@ pub fn spawn_consumer_process_with(settings: &Settings, env: &[(&str, &str)]) ->
         .env("KAFKA_BROKERS", &settings.kafka_brokers)
         .env("KAFKA_TOPIC", &settings.kafka_topic)
         .env("KAFKA_GROUP_ID", &settings.kafka_group_id)
+        .env(
+            "KAFKA_TOPIC_RETENTION_MS",
+            settings.kafka_topic_retention_ms.to_string(),
+        )
         .env(
             "KAFKA_SESSION_TIMEOUT",
             humantime::format_duration(settings.kafka_session_timeout).to_string(),

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chronolog::config::Role;
-use chronolog::metrics::metrics;
 use rdkafka::mocking::MockCluster;
 use serde_json::json;
 use uuid::Uuid;
@@ -91,8 +90,8 @@ async fn two_records_with_one_id_in_one_batch_make_one_row_the_first_one() {
     let consumer = start_consumer(&settings).await;
     front.wait_visible(sentinel).await;
     // Stopping drains the writer, so that its counters are final.
+    let m = consumer.metrics();
     consumer.stop().await;
-    let m = metrics();
     assert_eq!(
         m.db_transactions.with_label_values(&["committed"]).get(),
         1,
