@@ -1,4 +1,4 @@
-//! Query API (DESIGN §3): `GET /api/v1/timestamp/{id}`, read from the view.
+//! Query API: `GET /api/v1/timestamp/{id}`, read from the view.
 
 use actix_web::web;
 use serde::Serialize;
@@ -17,10 +17,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// A record of the view as the API shows it.
+/// A record of the view as the API shows it. `id` repeats `command_id`:
+/// the original timestamp service answered `id`, and its clients read it.
 #[derive(Debug, Serialize)]
 struct RecordView {
     command_id: Uuid,
+    id: Uuid,
     event_timestamp: String,
     created_at: String,
 }
@@ -40,6 +42,7 @@ async fn get_timestamp(
         .ok_or(ApiError::NotFound(id))?;
     Ok(web::Json(RecordView {
         command_id: record.id,
+        id: record.id,
         event_timestamp: format_timestamp(&record.event_timestamp),
         created_at: format_timestamp(&record.created_at),
     }))
