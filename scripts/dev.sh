@@ -27,7 +27,8 @@ fi
 set -m
 start_tansu "$DEV_DIR"
 
-cargo build --release --quiet
+log "building chronolog (release; the first build takes about 5 minutes on 2 cores, later ones seconds)"
+cargo build --release
 log "chronolog: commands on http://127.0.0.1:7080, queries on http://127.0.0.1:7081 (Ctrl-C stops)"
 # In the foreground: Ctrl-C reaches chronolog, which stops gracefully; the
 # EXIT trap then stops the broker and the database.

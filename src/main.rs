@@ -49,8 +49,13 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
         /// Consumer group of the replay; default `<KAFKA_GROUP_ID>-rebuild-<random>`.
+        /// Give an earlier run's group to resume it.
         #[arg(long, value_name = "GROUP_ID")]
         group_id: Option<String>,
+        /// Rebuild even if the log has lost its oldest records (a partition's
+        /// low watermark above 0); without it such a rebuild is refused.
+        #[arg(long)]
+        allow_partial: bool,
     },
 }
 
@@ -67,13 +72,21 @@ fn main() -> anyhow::Result<()> {
                 chronolog::db::run_migrations(&settings.database_url).await?;
                 Ok(())
             }
-            Command::Rebuild { settings, group_id } => {
+            Command::Rebuild {
+                settings,
+                group_id,
+                allow_partial,
+            } => {
                 let group_id = group_id.unwrap_or_else(|| {
                     // Unique: a group that already committed would resume, not replay.
                     let suffix = uuid::Uuid::new_v4().simple().to_string();
                     format!("{}-rebuild-{}", settings.kafka_group_id, &suffix[..12])
                 });
-                chronolog::rebuild::rebuild(&settings, &group_id).await?;
+                let options = chronolog::rebuild::RebuildOptions {
+                    group_id,
+                    allow_partial,
+                };
+                chronolog::rebuild::rebuild(&settings, &options).await?;
                 Ok(())
             }
         }

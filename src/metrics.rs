@@ -53,6 +53,8 @@ pub struct Metrics {
     pub partition_blocked: IntGaugeVec,
     /// Records sent to the dead-letter topic, by reason.
     pub dead_letters: IntCounterVec,
+    /// 1 for a topic of chronolog's whose records expire (finite retention).
+    pub topic_retention_finite: IntGaugeVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -192,6 +194,13 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            topic_retention_finite: IntGaugeVec::new(
+                Opts::new(
+                    "topic_retention_finite",
+                    "1 when the topic's records expire (finite retention.ms or retention.bytes): a rebuild from it would be partial.",
+                ),
+                &["topic"],
+            )?,
             registry,
         };
         m.register()?;
@@ -224,6 +233,7 @@ impl Metrics {
         r.register(Box::new(self.db_batch_size.clone()))?;
         r.register(Box::new(self.partition_blocked.clone()))?;
         r.register(Box::new(self.dead_letters.clone()))?;
+        r.register(Box::new(self.topic_retention_finite.clone()))?;
         Ok(())
     }
 

@@ -6,6 +6,12 @@
 //! partition consumers and DB writer, so a rebuilt view is written exactly
 //! as the live one is. Records that cannot be decoded are skipped, not
 //! dead-lettered again (the live consumer did that).
+//!
+//! A log whose oldest records are gone (a partition's low watermark above 0)
+//! would rebuild a partial view: the rebuild refuses, naming the partitions
+//! and how many records each lost, unless `--allow-partial` is given. Run
+//! again with the same `--group-id`, it resumes from the offsets the target
+//! database stored; partitions already at their finish line count as done.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -33,6 +39,31 @@ pub struct RebuildReport {
     pub records: i64,
     /// How long it took.
     pub elapsed: Duration,
+}
+
+/// How to run a rebuild.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildOptions {
+    /// Consumer group of the replay (a new one replays everything; an earlier
+    /// run's resumes it).
+    pub group_id: String,
+    /// Rebuild even when the log has lost its oldest records.
+    pub allow_partial: bool,
+}
+
+/// Partitions whose oldest records are gone, as "partition P: N records
+/// (offsets 0 to N-1)"; empty when the log is whole.
+pub fn missing_records(targets: &BTreeMap<i32, (i64, i64)>) -> Vec<String> {
+    targets
+        .iter()
+        .filter(|(_, (low, _))| *low > 0)
+        .map(|(partition, (low, _))| {
+            format!(
+                "partition {partition}: {low} records (offsets 0 to {})",
+                low - 1
+            )
+        })
+        .collect()
 }
 
 /// Where the replay stands against its finish line.
@@ -82,9 +113,13 @@ impl Progress {
     }
 }
 
-/// Replays the command topic into `settings.database_url` with consumer
-/// group `group_id`, printing progress to stderr.
-pub async fn rebuild(settings: &Settings, group_id: &str) -> anyhow::Result<RebuildReport> {
+/// Replays the command topic into `settings.database_url` with the options'
+/// consumer group, printing progress to stderr.
+pub async fn rebuild(
+    settings: &Settings,
+    options: &RebuildOptions,
+) -> anyhow::Result<RebuildReport> {
+    let group_id = options.group_id.as_str();
     let started = Instant::now();
     crate::db::run_migrations(&settings.database_url)
         .await
@@ -105,10 +140,29 @@ pub async fn rebuild(settings: &Settings, group_id: &str) -> anyhow::Result<Rebu
         "topic {} has no partitions",
         settings.kafka_topic
     );
+    let missing = missing_records(&targets);
+    if !missing.is_empty() {
+        anyhow::ensure!(
+            options.allow_partial,
+            "the log of {} has lost its oldest records, so the rebuilt view would be partial: {}. \
+             Restore the log, or run again with --allow-partial to rebuild what is left",
+            settings.kafka_topic,
+            missing.join("; ")
+        );
+        tracing::warn!(
+            missing = missing.join("; "),
+            "rebuilding a partial view (--allow-partial)"
+        );
+    }
+    // An earlier run with this group stored its progress with the view: a
+    // partition already at its finish line has nothing left to commit, and
+    // counts as done from the start.
+    let resumed = stored_offsets(settings, group_id).await?;
     tracing::info!(
         group_id,
         topic = settings.kafka_topic,
         ?targets,
+        ?resumed,
         "rebuild started"
     );
 
@@ -135,7 +189,9 @@ pub async fn rebuild(settings: &Settings, group_id: &str) -> anyhow::Result<Rebu
             () = status.next_commit() => {}
             _ = ticker.tick() => {}
         }
-        let progress = Progress::measure(&targets, &status.committed());
+        let mut committed = resumed.clone();
+        committed.extend(status.committed());
+        let progress = Progress::measure(&targets, &committed);
         if !progress.finished() && shown.is_some_and(|at| at.elapsed() < PROGRESS_EVERY) {
             continue;
         }
@@ -167,9 +223,37 @@ pub async fn rebuild(settings: &Settings, group_id: &str) -> anyhow::Result<Rebu
     Ok(report)
 }
 
+/// The next offsets the target database stored for `group_id` (empty for a
+/// new group).
+async fn stored_offsets(settings: &Settings, group_id: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let pool = crate::db::pool(&settings.database_url, 1);
+    let mut conn = pool
+        .get()
+        .await
+        .context("DATABASE_URL: cannot connect to the target database")?;
+    let stored = crate::db::queries::load_offsets(&mut conn, group_id, &settings.kafka_topic)
+        .await
+        .context("DATABASE_URL: cannot read the stored offsets")?;
+    Ok(stored.into_iter().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_records_name_each_partition_whose_log_starts_above_zero() {
+        let whole = BTreeMap::from([(0, (0, 10)), (1, (0, 0))]);
+        assert!(missing_records(&whole).is_empty());
+        let cut = BTreeMap::from([(0, (0, 10)), (1, (1200, 3000)), (2, (1, 1))]);
+        assert_eq!(
+            missing_records(&cut),
+            [
+                "partition 1: 1200 records (offsets 0 to 1199)",
+                "partition 2: 1 records (offsets 0 to 0)"
+            ]
+        );
+    }
 
     #[test]
     fn progress_counts_committed_offsets_within_the_watermarks() {

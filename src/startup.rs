@@ -51,9 +51,16 @@ impl Application {
                 .context("DATABASE_URL: cannot prepare the database")?;
         }
         if uses_broker {
-            admin::ensure_topics(settings)
+            let topics = admin::ensure_topics(settings)
                 .await
                 .context("KAFKA_BROKERS: cannot prepare the topics")?;
+            for topic in [settings.kafka_topic.clone(), settings.dead_letter_topic()] {
+                let finite = topics.finite_retention.contains_key(&topic);
+                metrics
+                    .topic_retention_finite
+                    .with_label_values(&[&topic])
+                    .set(i64::from(finite));
+            }
         }
         let broker = if uses_broker {
             Some(Arc::new(

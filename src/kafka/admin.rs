@@ -1,11 +1,21 @@
-//! Topic creation. Brokers that do not create topics on first use (tansu)
-//! need it; brokers that do not answer CreateTopics (librdkafka's mock
-//! cluster) must not stop the start: a timeout is logged and start carries on.
+//! Topic creation and checks. The command topic is the golden record: it is
+//! created so that no record ever expires (`retention.ms` from
+//! `KAFKA_TOPIC_RETENTION_MS`, `-1` by default; `retention.bytes=-1`;
+//! `cleanup.policy=delete`), with the configured replication factor and
+//! `min.insync.replicas`. A topic that already exists is left as it is, but a
+//! finite retention is reported: a view rebuilt from a log that lost its
+//! oldest records would be silently partial.
+//!
+//! Brokers that do not create topics on first use (tansu) need the creation;
+//! brokers that do not answer CreateTopics or DescribeConfigs (librdkafka's
+//! mock cluster) must not stop the start: that is logged and start carries on.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, ConfigResource, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
@@ -14,6 +24,20 @@ use crate::kafka::{TracingContext, base_config, topic_partitions};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A retention this long or longer counts as forever (Kafka's own "forever"
+/// is -1; `i64::MAX` ms, used for tansu, is forever too).
+const CENTURY_MS: i64 = 3_155_760_000_000;
+
+/// What the start learnt about chronolog's topics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicReport {
+    /// Topics whose records expire, with the setting that makes them expire
+    /// (`retention.ms=604800000 (7 days)`).
+    pub finite_retention: BTreeMap<String, String>,
+    /// Topics whose configuration the broker would not describe.
+    pub unchecked: Vec<String>,
+}
 
 /// Errors of topic administration that stop the start.
 #[derive(Debug, thiserror::Error)]
@@ -41,27 +65,140 @@ pub fn partition_count(settings: &Settings, topic: &str) -> Result<Option<usize>
 }
 
 /// Creates the command topic and its dead-letter topic with
-/// `KAFKA_PARTITIONS` partitions when they do not exist yet.
-pub async fn ensure_topics(settings: &Settings) -> Result<(), AdminError> {
+/// `KAFKA_PARTITIONS` partitions when they do not exist yet, and checks the
+/// retention of those that do. Every finite retention is logged as an error
+/// with what to do; the report lets the caller show it on `/ready` and as a
+/// metric.
+pub async fn ensure_topics(settings: &Settings) -> Result<TopicReport, AdminError> {
+    let admin: AdminClient<TracingContext> = base_config(settings)
+        .create_with_context(TracingContext)
+        .map_err(AdminError::Client)?;
+    let mut report = TopicReport::default();
     for topic in [settings.kafka_topic.clone(), settings.dead_letter_topic()] {
-        ensure_topic(settings, &topic).await?;
+        let retention = match ensure_topic(settings, &admin, &topic).await? {
+            Created::Now => Some(finite_retention(
+                Some(&settings.kafka_topic_retention_ms.to_string()),
+                Some("-1"),
+            )),
+            Created::Before => describe_retention(&admin, &topic).await,
+            Created::Unknown => None,
+        };
+        match retention {
+            Some(None) => {}
+            Some(Some(finite)) => {
+                tracing::error!(
+                    topic,
+                    retention = finite,
+                    "the topic's records expire: a view rebuilt from it would miss them; \
+                     make it keep them for good (retention.ms=-1, retention.bytes=-1)"
+                );
+                report.finite_retention.insert(topic, finite);
+            }
+            None => report.unchecked.push(topic),
+        }
     }
-    Ok(())
+    Ok(report)
 }
 
-async fn ensure_topic(settings: &Settings, topic: &str) -> Result<(), AdminError> {
+/// Whether `ensure_topic` made the topic, found it, or cannot tell.
+enum Created {
+    Now,
+    Before,
+    /// The broker neither listed nor created it (it creates topics on first use).
+    Unknown,
+}
+
+/// The retention settings chronolog gives the topics it creates.
+fn topic_config(settings: &Settings) -> [(&'static str, String); 4] {
+    [
+        (
+            "retention.ms",
+            settings.kafka_topic_retention_ms.to_string(),
+        ),
+        ("retention.bytes", "-1".to_owned()),
+        ("cleanup.policy", "delete".to_owned()),
+        (
+            "min.insync.replicas",
+            settings.kafka_min_insync_replicas.to_string(),
+        ),
+    ]
+}
+
+/// Why a topic's records expire, from its `retention.ms` and
+/// `retention.bytes`; `None` when they are kept for good. A retention of a
+/// century or more counts as forever.
+pub fn finite_retention(
+    retention_ms: Option<&str>,
+    retention_bytes: Option<&str>,
+) -> Option<String> {
+    let parse = |v: Option<&str>| v.and_then(|v| v.trim().parse::<i64>().ok());
+    let mut reasons = Vec::new();
+    match parse(retention_ms) {
+        Some(ms) if (0..CENTURY_MS).contains(&ms) => {
+            let days = ms as f64 / 86_400_000.0;
+            reasons.push(format!("retention.ms={ms} ({days:.1} days)"));
+        }
+        _ => {}
+    }
+    if let Some(bytes) = parse(retention_bytes).filter(|&b| b >= 0) {
+        reasons.push(format!("retention.bytes={bytes}"));
+    }
+    (!reasons.is_empty()).then(|| reasons.join(", "))
+}
+
+/// The topic's retention as [`finite_retention`] judges it; `None` when the
+/// broker does not describe topic configurations.
+async fn describe_retention(
+    admin: &AdminClient<TracingContext>,
+    topic: &str,
+) -> Option<Option<String>> {
+    let options = AdminOptions::new().request_timeout(Some(DESCRIBE_TIMEOUT));
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+        .await;
+    let resource: ConfigResource = match described.map(|mut r| r.pop()) {
+        Ok(Some(Ok(resource))) => resource,
+        Ok(Some(Err(error))) => {
+            tracing::warn!(topic, %error, "cannot read the topic's retention");
+            return None;
+        }
+        Ok(None) => return None,
+        Err(error) => {
+            tracing::warn!(topic, %error, "cannot read the topic's retention");
+            return None;
+        }
+    };
+    let value = |name| resource.get(name).and_then(|e| e.value.as_deref());
+    let retention_ms = value("retention.ms");
+    if retention_ms.is_none() {
+        tracing::warn!(topic, "the broker does not report the topic's retention.ms");
+        return None;
+    }
+    Some(finite_retention(retention_ms, value("retention.bytes")))
+}
+
+async fn ensure_topic(
+    settings: &Settings,
+    admin: &AdminClient<TracingContext>,
+    topic: &str,
+) -> Result<Created, AdminError> {
     let probe = {
         let (settings, topic) = (settings.clone(), topic.to_owned());
         tokio::task::spawn_blocking(move || partition_count(&settings, &topic)).await
     };
     if let Ok(Ok(Some(partitions))) = probe {
         tracing::debug!(topic, partitions, "topic exists");
-        return Ok(());
+        return Ok(Created::Before);
     }
-    let admin: AdminClient<TracingContext> = base_config(settings)
-        .create_with_context(TracingContext)
-        .map_err(AdminError::Client)?;
-    let new_topic = NewTopic::new(topic, settings.kafka_partitions, TopicReplication::Fixed(1));
+    let config = topic_config(settings);
+    let new_topic = config.iter().fold(
+        NewTopic::new(
+            topic,
+            settings.kafka_partitions,
+            TopicReplication::Fixed(settings.kafka_replication_factor),
+        ),
+        |t, (key, value)| t.set(key, value),
+    );
     let options = AdminOptions::new()
         .operation_timeout(Some(CREATE_TIMEOUT))
         .request_timeout(Some(CREATE_TIMEOUT));
@@ -73,10 +210,13 @@ async fn ensure_topic(settings: &Settings, topic: &str) -> Result<(), AdminError
                         tracing::info!(
                             topic = name,
                             partitions = settings.kafka_partitions,
+                            replication_factor = settings.kafka_replication_factor,
+                            retention_ms = settings.kafka_topic_retention_ms,
                             "created topic"
                         )
                     }
-                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    // Another process created it meanwhile: check it as found.
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => return Ok(Created::Before),
                     Err((name, code)) => {
                         return Err(AdminError::Create {
                             topic: name,
@@ -85,13 +225,13 @@ async fn ensure_topic(settings: &Settings, topic: &str) -> Result<(), AdminError
                     }
                 }
             }
-            Ok(())
+            Ok(Created::Now)
         }
         Err(error) => {
             // A broker without a controller (the mock cluster) times out here;
-            // it creates topics on first use instead.
+            // it creates topics on first use instead, with its own settings.
             tracing::warn!(topic, %error, "could not create topic; carrying on, the broker may create it on first use");
-            Ok(())
+            Ok(Created::Unknown)
         }
     }
 }
@@ -108,4 +248,31 @@ pub fn watermarks(
         .into_iter()
         .map(|p| Ok((p, client.fetch_watermarks(topic, p, METADATA_TIMEOUT)?)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forever_is_minus_one_or_a_century_or_more() {
+        assert_eq!(finite_retention(Some("-1"), Some("-1")), None);
+        assert_eq!(finite_retention(Some("9223372036854775807"), None), None);
+        assert_eq!(
+            finite_retention(Some(&CENTURY_MS.to_string()), Some("-1")),
+            None
+        );
+        assert_eq!(
+            finite_retention(Some("604800000"), Some("-1")).as_deref(),
+            Some("retention.ms=604800000 (7.0 days)")
+        );
+        assert_eq!(
+            finite_retention(Some("-1"), Some("1073741824")).as_deref(),
+            Some("retention.bytes=1073741824")
+        );
+        assert_eq!(
+            finite_retention(Some("0"), Some("0")).as_deref(),
+            Some("retention.ms=0 (0.0 days), retention.bytes=0")
+        );
+    }
 }

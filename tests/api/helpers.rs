@@ -673,3 +673,26 @@ pub async fn wait_for_exit(child: &mut std::process::Child) -> std::process::Exi
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs `chronolog rebuild` with `settings`' broker and topic into
+/// `database_url`, with `args` added, and returns its output.
+pub async fn run_rebuild(
+    settings: &Settings,
+    database_url: &str,
+    args: &[&str],
+) -> std::process::Output {
+    let mut command = std::process::Command::new(BIN);
+    command
+        .args(["rebuild", "--database-url", database_url])
+        .args(args)
+        .env("KAFKA_BROKERS", &settings.kafka_brokers)
+        .env("KAFKA_TOPIC", &settings.kafka_topic)
+        .env("KAFKA_GROUP_ID", &settings.kafka_group_id)
+        .env(
+            "LOG_LEVEL",
+            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+    tokio::task::spawn_blocking(move || command.output().expect("rebuild runs"))
+        .await
+        .expect("rebuild thread")
+}

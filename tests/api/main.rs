@@ -6,6 +6,7 @@
 
 mod binary;
 mod command;
+mod golden_log;
 mod helpers;
 mod ops;
 mod pipeline;

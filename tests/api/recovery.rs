@@ -15,29 +15,13 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{
-    BIN, PrivatePostgres, TestApp, create_database, eventually, post_many, produce_raw, read_topic,
-    row_ids, settings, spawn_consumer_process, spawn_consumer_process_with, start_consumer,
-    view_checksum, wait_for_exact_ids,
+    PrivatePostgres, TestApp, create_database, eventually, post_many, produce_raw, read_topic,
+    row_ids, run_rebuild, settings, spawn_consumer_process, spawn_consumer_process_with,
+    start_consumer, view_checksum, wait_for_exact_ids,
 };
 
 fn good_value(id: Uuid) -> String {
     format!(r#"{{"command_id":"{id}","event_timestamp":"2009-09-28T19:03:12Z"}}"#)
-}
-
-async fn run_rebuild(app: &TestApp, database_url: &str) -> std::process::Output {
-    let mut command = std::process::Command::new(BIN);
-    command
-        .args(["rebuild", "--database-url", database_url])
-        .env("KAFKA_BROKERS", &app.settings.kafka_brokers)
-        .env("KAFKA_TOPIC", &app.settings.kafka_topic)
-        .env("KAFKA_GROUP_ID", &app.settings.kafka_group_id)
-        .env(
-            "LOG_LEVEL",
-            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        );
-    tokio::task::spawn_blocking(move || command.output().expect("rebuild runs"))
-        .await
-        .unwrap()
 }
 
 #[actix_rt::test]
@@ -50,7 +34,7 @@ async fn disaster_recovery_rebuilds_the_same_view_from_the_log() {
 
     // Into a new database, while the live consumer keeps serving its own.
     let fresh = create_database().await;
-    let output = run_rebuild(&app, &fresh).await;
+    let output = run_rebuild(&app.settings, &fresh, &[]).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "rebuild failed: {stderr}");
     assert!(
@@ -73,7 +57,7 @@ async fn disaster_recovery_rebuilds_the_same_view_from_the_log() {
         .await
         .unwrap();
     assert_eq!(view_checksum(&app.settings.database_url).await.0, 0);
-    let output = run_rebuild(&app, &app.settings.database_url).await;
+    let output = run_rebuild(&app.settings, &app.settings.database_url, &[]).await;
     assert!(
         output.status.success(),
         "{}",
