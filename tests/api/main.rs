@@ -6,7 +6,9 @@
 
 mod binary;
 mod command;
+mod compat;
 mod helpers;
+mod idempotency;
 mod ops;
 mod pipeline;
 mod query;
