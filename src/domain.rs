@@ -119,10 +119,7 @@ impl CorrelationId {
     /// Accepts a caller's id when it is short and made of safe characters, so
     /// that it can go into headers and log lines unchanged.
     pub fn parse(value: &str) -> Result<Self, CorrelationIdError> {
-        let safe = value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-        if value.is_empty() || value.len() > Self::MAX_LEN || !safe {
+        if !is_safe_token(value, Self::MAX_LEN) {
             return Err(CorrelationIdError);
         }
         Ok(Self(value.to_owned()))
@@ -135,6 +132,54 @@ impl CorrelationId {
 }
 
 impl fmt::Display for CorrelationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether `value` is 1 to `max` characters of `[A-Za-z0-9._:-]`: text a
+/// client gives that goes into headers, log lines and the database unchanged.
+fn is_safe_token(value: &str, max: usize) -> bool {
+    !value.is_empty()
+        && value.len() <= max
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// A client's name for one command (header `Idempotency-Key`): every request
+/// that carries it is answered with the same command id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+/// Why a given idempotency key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the Idempotency-Key header must be 1 to {max} characters of [A-Za-z0-9._:-]",
+    max = IdempotencyKey::MAX_LEN
+)]
+pub struct IdempotencyKeyError;
+
+impl IdempotencyKey {
+    /// Longest key accepted; longer ones are refused, not truncated.
+    pub const MAX_LEN: usize = 128;
+
+    /// Accepts a key that is short and made of safe characters, so that it
+    /// can be stored and logged unchanged.
+    pub fn parse(value: &str) -> Result<Self, IdempotencyKeyError> {
+        if !is_safe_token(value, Self::MAX_LEN) {
+            return Err(IdempotencyKeyError);
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -237,5 +282,30 @@ mod tests {
         assert!(CorrelationId::parse("line\nbreak").is_err());
         assert!(CorrelationId::parse(&"a".repeat(129)).is_err());
         assert_eq!(CorrelationId::generate().as_str().len(), 36);
+    }
+
+    #[test]
+    fn idempotency_keys_are_checked() {
+        for good in ["a", "order-42:retry_1.v2", &"k".repeat(128)] {
+            assert_eq!(
+                IdempotencyKey::parse(good).map(|k| k.to_string()),
+                Ok(good.to_owned())
+            );
+        }
+        for bad in [
+            "",
+            "has space",
+            "a/b",
+            "a,b",
+            "caf\u{e9}",
+            "tab\t",
+            &"k".repeat(129),
+        ] {
+            assert_eq!(
+                IdempotencyKey::parse(bad),
+                Err(IdempotencyKeyError),
+                "{bad:?}"
+            );
+        }
     }
 }

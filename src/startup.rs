@@ -5,13 +5,14 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix::{Addr, Supervisor};
+use actix::{Actor, Addr, Supervisor};
 use anyhow::Context as _;
 
 use crate::actors::db_writer::DbWriter;
 use crate::actors::ingestion::Ingestion;
 use crate::actors::producer::{KafkaProducer, SharedProducer};
 use crate::config::{Role, Settings};
+use crate::db::idempotency::IdempotencyStore;
 use crate::http::ops::{BrokerProbe, Readiness};
 use crate::http::{self, RunningServer};
 use crate::kafka::admin;
@@ -130,6 +131,18 @@ impl Application {
         }
 
         if let (true, Some(shared)) = (has(Role::Command), &shared_producer) {
+            // Idempotency keys live in DATABASE_URL, which only keyed commands
+            // need: a database that is down does not stop the command role.
+            // (A process with a role that uses the view has migrated it above.)
+            let idempotency = Arc::new(IdempotencyStore::new(
+                &settings.database_url,
+                settings.database_pool_size,
+                settings.idempotency_key_ttl,
+                settings.delivery_timeout,
+            ));
+            if !uses_db {
+                idempotency.prepare().await;
+            }
             let shared = shared.clone();
             let ready = readiness.clone();
             let worker_metrics = metrics.clone();
@@ -143,9 +156,9 @@ impl Application {
                     // handed from actor to actor without crossing threads.
                     let shared = shared.clone();
                     let producer = Supervisor::start(move |_| KafkaProducer::new(shared));
-                    let worker_metrics = worker_metrics.clone();
                     let ingestion =
-                        Supervisor::start(move |_| Ingestion::new(producer, worker_metrics));
+                        Ingestion::new(producer, idempotency.clone(), worker_metrics.clone())
+                            .start();
                     cfg.app_data(actix_web::web::Data::new(ingestion))
                         .app_data(actix_web::web::Data::new(ready.clone()))
                         .configure(http::command::routes);

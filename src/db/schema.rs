@@ -1,6 +1,19 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    idempotency_keys (key) {
+        key -> Text,
+        command_id -> Uuid,
+        event_timestamp -> Timestamptz,
+        requested_timestamp -> Nullable<Timestamptz>,
+        partition -> Nullable<Int4>,
+        log_offset -> Nullable<Int8>,
+        created_at -> Timestamptz,
+        completed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     projection_offsets (group_id, topic, partition) {
         group_id -> Text,
         topic -> Text,
@@ -18,4 +31,8 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(projection_offsets, timestamp_records,);
+diesel::allow_tables_to_appear_in_same_query!(
+    idempotency_keys,
+    projection_offsets,
+    timestamp_records,
+);

@@ -1,13 +1,25 @@
-//! Command API (DESIGN §2): `POST /api/v1/timestamp[/{ts}]`.
+//! Command API: `POST /api/v1/timestamp[/{ts}]`, and `POST /app`, the
+//! original timestamp service's route, kept for its clients.
+//!
+//! Every route takes an optional `Idempotency-Key` header: all requests with
+//! one key are answered with the same command (see `db::idempotency`).
 
 use actix::Addr;
-use actix_web::http::header;
-use actix_web::{HttpResponse, web};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Serialize;
 
-use crate::actors::ingestion::{Ingestion, SubmitCommand, SubmitError};
-use crate::domain::CorrelationId;
+use crate::actors::ingestion::{CommandAccepted, Ingestion, SubmitCommand, SubmitError};
+use crate::db::idempotency::IdempotencyError;
+use crate::domain::{CorrelationId, IdempotencyKey, IdempotencyKeyError};
 use crate::http::error::ApiError;
+
+/// The request header that names a command for safe retries.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// The response header that marks an answer remembered from an earlier
+/// request with the same `Idempotency-Key`.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
 /// Routes of the command API.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -20,47 +32,202 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         super::resource("/api/v1/timestamp/{timestamp}")
             .route(web::post().to(submit_at))
             .default_service(web::to(super::method_not_allowed)),
+    )
+    .service(
+        super::resource("/app")
+            .route(web::post().to(submit_app))
+            .default_service(web::to(super::method_not_allowed)),
     );
 }
 
+/// The `202` body: the command id and the record's place in the log, so
+/// that a client can wait for its own write.
 #[derive(Serialize)]
 struct Accepted {
     id: uuid::Uuid,
+    partition: i32,
+    offset: i64,
+}
+
+/// The `200` body of `POST /app`: the id alone, as the original service
+/// answered.
+#[derive(Serialize)]
+struct Created {
+    id: uuid::Uuid,
+}
+
+/// How a route answers an accepted command.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// `202`, `Location` and the place in the log.
+    Versioned,
+    /// `200 {"id"}`, as the original service answered `POST /app`.
+    Original,
 }
 
 async fn submit_at(
+    req: HttpRequest,
     timestamp: web::Path<String>,
     ingestion: web::Data<Addr<Ingestion>>,
     correlation_id: CorrelationId,
-) -> Result<HttpResponse, ApiError> {
-    submit(&ingestion, Some(timestamp.into_inner()), correlation_id).await
+) -> Result<HttpResponse, CommandError> {
+    let timestamp = Some(timestamp.into_inner());
+    submit(
+        &req,
+        &ingestion,
+        timestamp,
+        correlation_id,
+        Answer::Versioned,
+    )
+    .await
 }
 
 async fn submit_now(
+    req: HttpRequest,
     ingestion: web::Data<Addr<Ingestion>>,
     correlation_id: CorrelationId,
-) -> Result<HttpResponse, ApiError> {
-    submit(&ingestion, None, correlation_id).await
+) -> Result<HttpResponse, CommandError> {
+    submit(&req, &ingestion, None, correlation_id, Answer::Versioned).await
+}
+
+async fn submit_app(
+    req: HttpRequest,
+    ingestion: web::Data<Addr<Ingestion>>,
+    correlation_id: CorrelationId,
+) -> Result<HttpResponse, CommandError> {
+    submit(&req, &ingestion, None, correlation_id, Answer::Original).await
+}
+
+/// The request's `Idempotency-Key`: none, one valid key, or a 400 (an
+/// invalid value, or several headers, which would name several commands).
+fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, CommandError> {
+    let mut values = req.headers().get_all(IDEMPOTENCY_KEY_HEADER);
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(CommandError::InvalidIdempotencyKey(
+            "give one Idempotency-Key header, not several".into(),
+        ));
+    }
+    let key = value
+        .to_str()
+        .map_err(|_| IdempotencyKeyError)
+        .and_then(IdempotencyKey::parse)
+        .map_err(|e| CommandError::InvalidIdempotencyKey(e.to_string()))?;
+    Ok(Some(key))
 }
 
 async fn submit(
+    req: &HttpRequest,
     ingestion: &Addr<Ingestion>,
     event_timestamp: Option<String>,
     correlation_id: CorrelationId,
-) -> Result<HttpResponse, ApiError> {
+    answer: Answer,
+) -> Result<HttpResponse, CommandError> {
+    let idempotency_key = idempotency_key(req)?;
     let accepted = ingestion
         .send(SubmitCommand {
             event_timestamp,
             correlation_id,
+            idempotency_key,
         })
         .await
-        .map_err(|e| ApiError::Unavailable(format!("ingestion is not running: {e}")))?
-        .map_err(|e| match e {
-            SubmitError::InvalidTimestamp(e) => ApiError::InvalidTimestamp(e.to_string()),
-            SubmitError::Unavailable(e) => ApiError::Unavailable(e.to_string()),
-        })?;
+        .map_err(|e| ApiError::Unavailable(format!("ingestion is not running: {e}")))??;
+    Ok(respond(accepted, answer))
+}
+
+fn respond(accepted: CommandAccepted, answer: Answer) -> HttpResponse {
     let id = accepted.command_id;
-    Ok(HttpResponse::Accepted()
-        .insert_header((header::LOCATION, format!("/api/v1/timestamp/{id}")))
-        .json(Accepted { id }))
+    let mut response = match answer {
+        Answer::Versioned => {
+            let mut response = HttpResponse::Accepted();
+            response.insert_header((header::LOCATION, format!("/api/v1/timestamp/{id}")));
+            response
+        }
+        Answer::Original => HttpResponse::Ok(),
+    };
+    if accepted.replayed {
+        response.insert_header((
+            HeaderName::from_static(REPLAYED_HEADER),
+            HeaderValue::from_static("true"),
+        ));
+    }
+    match answer {
+        Answer::Versioned => response.json(Accepted {
+            id,
+            partition: accepted.place.partition,
+            offset: accepted.place.offset,
+        }),
+        Answer::Original => response.json(Created { id }),
+    }
+}
+
+/// Errors of the command routes: the shared API errors plus the
+/// `Idempotency-Key` refusals, answered in the same JSON shape.
+#[derive(Debug, thiserror::Error)]
+enum CommandError {
+    /// Any error the other routes answer too.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The `Idempotency-Key` header is malformed.
+    #[error("{0}")]
+    InvalidIdempotencyKey(String),
+    /// The `Idempotency-Key` was first used for another command.
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
+}
+
+impl CommandError {
+    fn code(&self) -> &'static str {
+        match self {
+            CommandError::Api(e) => e.code(),
+            CommandError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            CommandError::IdempotencyKeyReused(_) => "idempotency_key_reused",
+        }
+    }
+}
+
+impl From<SubmitError> for CommandError {
+    fn from(error: SubmitError) -> Self {
+        match error {
+            SubmitError::InvalidTimestamp(e) => ApiError::InvalidTimestamp(e.to_string()).into(),
+            SubmitError::Unavailable(e)
+            | SubmitError::Idempotency(IdempotencyError::Produce(e)) => {
+                ApiError::Unavailable(e.to_string()).into()
+            }
+            SubmitError::Idempotency(e @ IdempotencyError::Reused { .. }) => {
+                CommandError::IdempotencyKeyReused(e.to_string())
+            }
+            SubmitError::Idempotency(
+                e @ (IdempotencyError::Store { .. } | IdempotencyError::Unsettled(_)),
+            ) => ApiError::Unavailable(e.to_string()).into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+}
+
+impl ResponseError for CommandError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            CommandError::Api(e) => e.status_code(),
+            CommandError::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            CommandError::IdempotencyKeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            CommandError::Api(e) => e.error_response(),
+            _ => HttpResponse::build(self.status_code()).json(ErrorBody {
+                error: self.code(),
+                message: self.to_string(),
+            }),
+        }
+    }
 }

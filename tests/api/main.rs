@@ -6,8 +6,10 @@
 
 mod binary;
 mod command;
+mod compat;
 mod golden_log;
 mod helpers;
+mod idempotency;
 mod ops;
 mod pipeline;
 mod query;
