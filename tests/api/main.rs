@@ -7,6 +7,7 @@
 mod binary;
 mod command;
 mod helpers;
+mod http_edges;
 mod ops;
 mod pipeline;
 mod query;
