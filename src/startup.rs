@@ -169,18 +169,22 @@ impl Application {
             app.command = Some(server);
         }
         if has(Role::Query) {
-            let pool = actix_web::web::Data::new(crate::db::pool(
-                &settings.database_url,
-                settings.database_pool_size,
-            ));
+            let pool = crate::db::pool(&settings.database_url, settings.database_pool_size);
+            let commits = readiness.partitions.as_ref().map(|group| group.commits());
+            let (watcher, watching) =
+                http::wait::ViewWatcher::start(pool.clone(), commits, http::wait::TICK);
+            let waits = actix_web::web::Data::from(watcher.clone());
+            let pool = actix_web::web::Data::new(pool);
             let ready = readiness.clone();
             let mut server =
                 http::bind(settings.query_addr, "query", metrics.clone(), move |cfg| {
                     cfg.app_data(pool.clone())
+                        .app_data(waits.clone())
                         .app_data(actix_web::web::Data::new(ready.clone()))
                         .configure(http::query::routes);
                 })
                 .with_context(|| format!("QUERY_ADDR: cannot listen on {}", settings.query_addr))?;
+            server.watch_view(watcher, watching);
             server.spawn();
             app.query = Some(server);
         }
@@ -237,7 +241,7 @@ impl Application {
         .into_iter()
         .flatten()
         .collect();
-        let stop_servers = futures::future::join_all(servers.iter().map(|s| s.handle.stop(true)));
+        let stop_servers = futures::future::join_all(servers.iter().map(RunningServer::stop));
         let stop_group = async {
             if let Some(group) = self.group.take() {
                 group.stop().await;

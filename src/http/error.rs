@@ -2,11 +2,19 @@
 //!
 //! Policy: every error answer is JSON `{"error": <code>, "message": <text>}`.
 //! Client mistakes are 4xx with a message that says what to fix; a missing
-//! dependency is 503; a 500 means a bug and is logged where it is made.
+//! dependency is 503; a 500 means a bug and is logged where it is made. A
+//! message echoes at most [`ECHO_LIMIT`] characters of anything the client sent.
+
+use std::fmt;
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::web::Bytes;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+
+/// Most characters of a client's value that a message or a log field repeats.
+pub const ECHO_LIMIT: usize = 64;
 
 /// An error answered to an HTTP client.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +28,9 @@ pub enum ApiError {
     /// The correlationId header is malformed.
     #[error("{0}")]
     InvalidCorrelationId(String),
+    /// The `Prefer` header asks for a wait that is not a number of seconds.
+    #[error("{0}")]
+    InvalidPrefer(String),
     /// Any other malformed request.
     #[error("{0}")]
     BadRequest(String),
@@ -29,12 +40,12 @@ pub enum ApiError {
     /// No such route.
     #[error("no route for {method} {path}")]
     RouteNotFound {
-        /// Request method.
+        /// Request method, shortened.
         method: String,
         /// Request path, shortened.
         path: String,
     },
-    /// The route exists, the method does not.
+    /// The route exists, the method (shortened) does not.
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
     /// The request body is too large.
@@ -58,6 +69,7 @@ impl ApiError {
             ApiError::InvalidTimestamp(_) => "invalid_timestamp",
             ApiError::InvalidId(_) => "invalid_id",
             ApiError::InvalidCorrelationId(_) => "invalid_correlation_id",
+            ApiError::InvalidPrefer(_) => "invalid_prefer",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
             ApiError::RouteNotFound { .. } => "not_found",
@@ -65,6 +77,16 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Unavailable(_) => "unavailable",
         }
+    }
+
+    /// The JSON body of the answer.
+    pub fn body(&self) -> Bytes {
+        let body = ErrorBody {
+            error: self.code(),
+            message: self.to_string(),
+        };
+        // Serialising a struct of two strings cannot fail.
+        serde_json::to_vec(&body).unwrap_or_default().into()
     }
 }
 
@@ -74,6 +96,7 @@ impl ResponseError for ApiError {
             ApiError::InvalidTimestamp(_)
             | ApiError::InvalidId(_)
             | ApiError::InvalidCorrelationId(_)
+            | ApiError::InvalidPrefer(_)
             | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -83,18 +106,57 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(ErrorBody {
-            error: self.code(),
-            message: self.to_string(),
-        })
+        HttpResponse::build(self.status_code())
+            .insert_header((
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ))
+            .body(self.body())
     }
 }
 
 /// Shortens client-supplied text before it is echoed in a message.
 pub fn shorten(s: &str) -> String {
-    const LIMIT: usize = 64;
-    match s.char_indices().nth(LIMIT) {
-        Some((cut, _)) => format!("{}…", &s[..cut]),
-        None => s.to_owned(),
+    Echo(s).to_string()
+}
+
+/// Client-supplied text as a message or a log field may show it: at most
+/// [`ECHO_LIMIT`] characters, then `…`. Formatting it allocates nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Echo<'a>(pub &'a str);
+
+impl fmt::Display for Echo<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(ECHO_LIMIT) {
+            Some((cut, _)) => {
+                f.write_str(&self.0[..cut])?;
+                f.write_str("…")
+            }
+            None => f.write_str(self.0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_keeps_at_most_the_limit_in_characters() {
+        assert_eq!(shorten("short"), "short");
+        let exact = "é".repeat(ECHO_LIMIT);
+        assert_eq!(shorten(&exact), exact);
+        let long = "é".repeat(ECHO_LIMIT + 1);
+        assert_eq!(shorten(&long), format!("{exact}…"));
+    }
+
+    #[test]
+    fn the_body_is_the_json_error_shape() {
+        let body = ApiError::BadRequest("no".into()).body();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(
+            json,
+            serde_json::json!({"error": "bad_request", "message": "no"})
+        );
     }
 }

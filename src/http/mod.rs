@@ -1,20 +1,46 @@
 //! HTTP servers: the command API, the query API and the operations
 //! endpoints, with the middleware and error mapping they share.
+//!
+//! Every server bounds what a client can hold:
+//!
+//! * a request head must arrive within [`REQUEST_HEAD_TIMEOUT`] (else actix
+//!   answers 408 and closes);
+//! * an idle keep-alive connection is closed after [`KEEP_ALIVE`], and a
+//!   closing one is dropped [`DISCONNECT_TIMEOUT`] later;
+//! * a client that stops taking an answer (its receive window stays shut,
+//!   or nothing it is sent is acknowledged) is disconnected by the kernel
+//!   after [`WRITE_TIMEOUT`] (`TCP_USER_TIMEOUT` on the listening socket,
+//!   which accepted connections inherit): actix-web 4 has no write deadline
+//!   of its own, and without one such a client holds its answer in memory
+//!   for as long as it keeps the connection open.
 
 pub mod command;
 pub mod error;
 pub mod middleware;
 pub mod ops;
 pub mod query;
+pub mod wait;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, Resource, web};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, Resource, Route as WebRoute};
+use actix_web::{guard, web};
 
 use crate::http::error::{ApiError, shorten};
 use crate::metrics::Metrics;
+
+/// Longest a client may take to send a request head.
+pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle connection is kept open for the client's next request.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// How long a connection being closed waits for the client to close its side.
+pub const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest an answer may sit unacknowledged (or untransmitted because the
+/// client does not read) before the connection is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The pattern of the resource that served a request: the `route` label of
 /// the HTTP metrics. Kept in the resource's data, so that labelling a request
@@ -27,6 +53,12 @@ pub fn resource(pattern: &'static str) -> Resource {
     web::resource(pattern).app_data(Route(pattern))
 }
 
+/// A route for `GET` and `HEAD`: whatever can be read can have its headers
+/// read alone (actix leaves the body out of a `HEAD` answer).
+pub fn get_or_head() -> WebRoute {
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
+
 /// A bound, running HTTP server.
 pub struct RunningServer {
     /// The address it listens on (port 0 resolved).
@@ -34,6 +66,8 @@ pub struct RunningServer {
     /// Stops it.
     pub handle: ServerHandle,
     server: Option<Server>,
+    /// The view watcher of the query server, and its loop.
+    watcher: Option<(Arc<wait::ViewWatcher>, tokio::task::AbortHandle)>,
 }
 
 impl RunningServer {
@@ -45,6 +79,31 @@ impl RunningServer {
                     tracing::error!(%error, "http server failed");
                 }
             });
+        }
+    }
+
+    /// Gives the server the view watcher its `Prefer: wait` requests use,
+    /// with the watcher's loop: the waits end when the server stops, and
+    /// the loop when the server is dropped.
+    pub fn watch_view(&mut self, watcher: Arc<wait::ViewWatcher>, task: tokio::task::AbortHandle) {
+        self.watcher = Some((watcher, task));
+    }
+
+    /// Stops the server: no new connections; requests in flight get their
+    /// answer, and those waiting for a record get theirs (404) at once
+    /// rather than at their deadline.
+    pub async fn stop(&self) {
+        if let Some((watcher, _)) = &self.watcher {
+            watcher.release();
+        }
+        self.handle.stop(true).await;
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some((_, task)) = &self.watcher {
+            task.abort();
         }
     }
 }
@@ -61,6 +120,7 @@ where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
     let listener = TcpListener::bind(addr)?;
+    socket2::SockRef::from(&listener).set_tcp_user_timeout(Some(WRITE_TIMEOUT))?;
     let addr = listener.local_addr()?;
     let metrics = web::Data::from(metrics);
     let server = HttpServer::new(move || {
@@ -69,12 +129,14 @@ where
             .app_data(web::PathConfig::default().error_handler(|err, _| {
                 ApiError::BadRequest(format!("malformed path: {err}")).into()
             }))
-            .app_data(web::PayloadConfig::new(middleware::BODY_LIMIT))
             .configure(configure.clone())
             .configure(ops::routes)
             .default_service(web::to(route_not_found))
             .wrap(actix_web::middleware::from_fn(middleware::observe))
     })
+    .client_request_timeout(REQUEST_HEAD_TIMEOUT)
+    .keep_alive(KEEP_ALIVE)
+    .client_disconnect_timeout(DISCONNECT_TIMEOUT)
     .listen(listener)?
     .disable_signals()
     .shutdown_timeout(30)
@@ -84,16 +146,17 @@ where
         addr,
         handle: server.handle(),
         server: Some(server),
+        watcher: None,
     })
 }
 
 async fn route_not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::RouteNotFound {
-        method: req.method().to_string(),
+        method: shorten(req.method().as_str()),
         path: shorten(req.path()),
     })
 }
 
 async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed(req.method().to_string()))
+    Err(ApiError::MethodNotAllowed(shorten(req.method().as_str())))
 }

@@ -1,17 +1,27 @@
-//! Operations endpoints served by every role (DESIGN §4): `/health`,
-//! `/ready`, `/metrics`.
+//! Operations endpoints served by every role: `/health`, `/ready`,
+//! `/metrics` (`GET` and `HEAD`; any other method is 405).
+//!
+//! `/ready` checks the database and the broker at most once per
+//! [`READY_CACHE`], one check at a time, whatever the number of callers: a
+//! burst of probes (or a client hammering it) costs one database ping and
+//! one broker metadata request, not one each. A change of state (UP to DOWN,
+//! DOWN to UP) is logged once, where it is seen, rather than once per 503.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
-use actix_web::{HttpResponse, guard, web};
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Utc};
 use rdkafka::consumer::BaseConsumer;
 use serde::Serialize;
 use serde_json::json;
 
 use crate::config::Settings;
 use crate::db::{Pool, queries};
+use crate::domain::format_timestamp;
+use crate::http::middleware::Reported;
 use crate::kafka::group::GroupStatus;
 use crate::kafka::{TracingContext, base_config, topic_partitions};
 use crate::metrics::Metrics;
@@ -19,16 +29,26 @@ use crate::metrics::Metrics;
 /// How long one dependency check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long the result of a dependency check answers `/ready`.
+pub const READY_CACHE: Duration = Duration::from_secs(1);
+
 /// Routes of the operations endpoints.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    // Guarded like `ServiceConfig::route`: other methods fall through to 404.
-    for (pattern, route) in [
-        ("/health", web::get().to(health)),
-        ("/ready", web::get().to(ready)),
-        ("/metrics", web::get().to(render_metrics)),
-    ] {
-        cfg.service(super::resource(pattern).guard(guard::Get()).route(route));
-    }
+    cfg.service(
+        super::resource("/health")
+            .route(super::get_or_head().to(health))
+            .default_service(web::to(super::method_not_allowed)),
+    )
+    .service(
+        super::resource("/ready")
+            .route(super::get_or_head().to(ready))
+            .default_service(web::to(super::method_not_allowed)),
+    )
+    .service(
+        super::resource("/metrics")
+            .route(super::get_or_head().to(render_metrics))
+            .default_service(web::to(super::method_not_allowed)),
+    );
 }
 
 async fn health() -> HttpResponse {
@@ -57,6 +77,8 @@ impl BrokerProbe {
     }
 
     async fn check(self: Arc<Self>) -> Result<(), String> {
+        // librdkafka's metadata call blocks; the readiness cache makes sure
+        // that at most one such thread runs at a time.
         tokio::task::spawn_blocking(move || {
             let partitions = topic_partitions(&self.client, &self.topic, CHECK_TIMEOUT)
                 .map_err(|e| e.to_string())?;
@@ -71,6 +93,8 @@ impl BrokerProbe {
 }
 
 /// The dependencies `/ready` checks: those of the roles this process runs.
+/// Clones share one [`ReadyChecks`], so a process checks once for all its
+/// servers.
 #[derive(Clone, Default)]
 pub struct Readiness {
     /// The view, for the query and consumer roles.
@@ -79,6 +103,102 @@ pub struct Readiness {
     pub broker: Option<Arc<BrokerProbe>>,
     /// The group's partitions, for the consumer role: not ready while one is blocked.
     pub partitions: Option<Arc<GroupStatus>>,
+    /// The last dependency check and the last state logged.
+    pub checks: Arc<ReadyChecks>,
+}
+
+/// The last check of the database and the broker, reused for
+/// [`READY_CACHE`], and the state last logged.
+#[derive(Default)]
+pub struct ReadyChecks {
+    /// Held while a check runs: callers meanwhile wait for its result.
+    last: tokio::sync::Mutex<Option<Checked>>,
+    /// [`State`] last logged.
+    logged: AtomicU8,
+}
+
+/// The result of one round of dependency checks.
+#[derive(Clone)]
+struct Checked {
+    finished: Instant,
+    at: DateTime<Utc>,
+    database: Option<Result<(), String>>,
+    broker: Option<Result<(), String>>,
+}
+
+/// Readiness states, as stored in [`ReadyChecks::logged`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum State {
+    Unknown = 0,
+    Up = 1,
+    Down = 2,
+}
+
+impl State {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            1 => State::Up,
+            2 => State::Down,
+            _ => State::Unknown,
+        }
+    }
+}
+
+impl Readiness {
+    /// The dependencies' state, checked now unless the last check is recent.
+    async fn dependencies(&self) -> Checked {
+        let mut last = self.checks.last.lock().await;
+        if let Some(checked) = last.as_ref().filter(|c| c.finished.elapsed() < READY_CACHE) {
+            return checked.clone();
+        }
+        let database = async {
+            let pool = self.database.as_ref()?;
+            let check = async {
+                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                queries::ping(&mut conn).await.map_err(|e| e.to_string())
+            };
+            Some(
+                tokio::time::timeout(CHECK_TIMEOUT, check)
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".into())),
+            )
+        };
+        let broker = async {
+            let probe = self.broker.clone()?;
+            Some(
+                tokio::time::timeout(CHECK_TIMEOUT * 2, probe.check())
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".into())),
+            )
+        };
+        let (database, broker) = futures::join!(database, broker);
+        let checked = Checked {
+            finished: Instant::now(),
+            at: Utc::now(),
+            database,
+            broker,
+        };
+        *last = Some(checked.clone());
+        checked
+    }
+}
+
+impl ReadyChecks {
+    /// Logs a change of state once, by whichever request sees it first.
+    fn log_change(&self, up: bool, components: &BTreeMap<&str, Component>) {
+        let now = if up { State::Up } else { State::Down };
+        let before = State::from_u8(self.logged.swap(now as u8, Ordering::Relaxed));
+        if before == now {
+            return;
+        }
+        let components = serde_json::to_string(components).unwrap_or_default();
+        match (before, now) {
+            (_, State::Down) => tracing::warn!(%components, "not ready"),
+            (State::Down, _) => tracing::info!(%components, "ready again"),
+            _ => tracing::info!(%components, "ready"),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -104,21 +224,12 @@ impl Component {
 }
 
 async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
+    let checked = readiness.dependencies().await;
     let mut components = BTreeMap::new();
-    if let Some(pool) = &readiness.database {
-        let check = async {
-            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-            queries::ping(&mut conn).await.map_err(|e| e.to_string())
-        };
-        let result = tokio::time::timeout(CHECK_TIMEOUT, check)
-            .await
-            .unwrap_or_else(|_| Err("timed out".into()));
+    if let Some(result) = checked.database {
         components.insert("database", Component::from_result(result));
     }
-    if let Some(probe) = &readiness.broker {
-        let result = tokio::time::timeout(CHECK_TIMEOUT * 2, probe.clone().check())
-            .await
-            .unwrap_or_else(|_| Err("timed out".into()));
+    if let Some(result) = checked.broker {
         components.insert("broker", Component::from_result(result));
     }
     if let Some(status) = &readiness.partitions {
@@ -132,10 +243,17 @@ async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
         );
     }
     let up = components.values().all(|c| c.status == "UP");
-    let body = json!({ "status": if up { "UP" } else { "DOWN" }, "components": components });
-    if up {
+    readiness.checks.log_change(up, &components);
+    let body = json!({
+        "status": if up { "UP" } else { "DOWN" },
+        "checked_at": format_timestamp(&checked.at),
+        "components": components,
+    });
+    let mut response = if up {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
-    }
+    };
+    response.extensions_mut().insert(Reported);
+    response
 }

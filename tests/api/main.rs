@@ -9,6 +9,7 @@ mod command;
 mod compat;
 mod golden_log;
 mod helpers;
+mod http_edges;
 mod idempotency;
 mod ops;
 mod pipeline;
