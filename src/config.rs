@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 
+use crate::db::DatabaseUrl;
+
 /// Settings shared by every role.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -51,7 +53,8 @@ pub struct Settings {
         long,
         env = "KAFKA_SECURITY_PROTOCOL",
         value_name = "KAFKA_SECURITY_PROTOCOL",
-        default_value = "plaintext"
+        default_value = "plaintext",
+        ignore_case = true
     )]
     pub kafka_security_protocol: SecurityProtocol,
 
@@ -61,9 +64,10 @@ pub struct Settings {
         long,
         env = "KAFKA_SASL_MECHANISM",
         value_name = "KAFKA_SASL_MECHANISM",
-        default_value = "PLAIN"
+        default_value = "PLAIN",
+        ignore_case = true
     )]
-    pub kafka_sasl_mechanism: String,
+    pub kafka_sasl_mechanism: SaslMechanism,
 
     /// SASL user name, with a `sasl_*` security protocol.
     #[arg(
@@ -89,7 +93,8 @@ pub struct Settings {
     #[arg(
         long,
         env = "KAFKA_SSL_CA_LOCATION",
-        value_name = "KAFKA_SSL_CA_LOCATION"
+        value_name = "KAFKA_SSL_CA_LOCATION",
+        value_parser = ca_location
     )]
     pub kafka_ssl_ca_location: Option<PathBuf>,
 
@@ -130,9 +135,17 @@ pub struct Settings {
     #[arg(long, env = "FETCH_WAIT", value_name = "FETCH_WAIT", default_value = "20ms", value_parser = duration)]
     pub fetch_wait: Duration,
 
-    /// PostgreSQL URL of the view.
-    #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/chronolog", value_parser = database_url)]
-    pub database_url: String,
+    /// PostgreSQL URL of the view, with libpq's `sslmode` and `sslrootcert`
+    /// honoured. Its password is never shown, not even in errors about it.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/chronolog",
+        value_parser = DatabaseUrlParser,
+        hide_env_values = true
+    )]
+    pub database_url: DatabaseUrl,
 
     /// Connections in each PostgreSQL pool (writer and query side have one each).
     #[arg(long, env = "DATABASE_POOL_SIZE", value_name = "DATABASE_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -210,8 +223,10 @@ pub enum SecurityProtocol {
     /// TLS.
     Ssl,
     /// SASL authentication without encryption.
+    #[value(name = "sasl_plaintext", alias = "sasl-plaintext")]
     SaslPlaintext,
     /// SASL authentication over TLS.
+    #[value(name = "sasl_ssl", alias = "sasl-ssl")]
     SaslSsl,
 }
 
@@ -232,6 +247,43 @@ impl SecurityProtocol {
             self,
             SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
         )
+    }
+
+    /// Whether the protocol encrypts with TLS.
+    pub fn uses_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+}
+
+impl fmt::Display for SecurityProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How chronolog proves who it is to the brokers (librdkafka's
+/// `sasl.mechanism`): the mechanisms this build of librdkafka has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SaslMechanism {
+    /// User name and password, in clear inside the connection: use with `sasl_ssl`.
+    #[value(name = "PLAIN")]
+    Plain,
+    /// Salted challenge-response, SHA-256.
+    #[value(name = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// Salted challenge-response, SHA-512.
+    #[value(name = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// librdkafka's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
     }
 }
 
@@ -405,11 +457,47 @@ fn topic_name(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
-fn database_url(value: &str) -> Result<String, String> {
-    if !(value.starts_with("postgres://") || value.starts_with("postgresql://")) {
-        return Err("expected a URL starting with postgres:// or postgresql://".into());
+/// Parses `DATABASE_URL` like any value parser, except that its error does
+/// not quote the value: clap's own would print the password.
+#[derive(Clone)]
+struct DatabaseUrlParser;
+
+impl clap::builder::TypedValueParser for DatabaseUrlParser {
+    type Value = DatabaseUrl;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<DatabaseUrl, clap::Error> {
+        let name = arg.map_or_else(|| "DATABASE_URL".to_owned(), |a| a.to_string());
+        let invalid = |why: &dyn fmt::Display| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for '{name}' (not shown: it may hold a password): {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| invalid(&"not UTF-8"))?;
+        text.parse().map_err(|e| invalid(&e))
     }
-    Ok(value.to_owned())
+}
+
+/// `KAFKA_SSL_CA_LOCATION`: a readable PEM file holding at least one
+/// certificate, or a directory of them (librdkafka accepts both).
+fn ca_location(value: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(value);
+    if path.is_dir() {
+        std::fs::read_dir(&path).map_err(|e| format!("cannot read the directory: {e}"))?;
+        return Ok(path);
+    }
+    let pem = std::fs::read(&path).map_err(|e| format!("cannot read the file: {e}"))?;
+    match openssl::x509::X509::stack_from_pem(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(path),
+        Ok(_) => Err("holds no PEM certificate".into()),
+        Err(e) => Err(format!("not a PEM file of certificates: {e}")),
+    }
 }
 
 fn duration_or_zero(value: &str) -> Result<Duration, String> {
@@ -447,9 +535,90 @@ mod tests {
         assert!(duration_or_zero("-1ms").is_err());
     }
 
+    fn parse(args: &[&str]) -> Result<Settings, clap::Error> {
+        Settings::parse_from(std::iter::once("chronolog").chain(args.iter().copied()))
+    }
+
     #[test]
-    fn database_url_needs_postgres_scheme() {
-        assert!(database_url("postgres://u@h/db").is_ok());
-        assert!(database_url("mysql://u@h/db").is_err());
+    fn database_url_errors_name_the_variable_but_not_the_value() {
+        let error = parse(&["--database-url", "mysql://app:hunter2-db@h/db"])
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("DATABASE_URL"), "{error}");
+        assert!(error.contains("postgres://"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+        let settings = parse(&["--database-url", "postgres://app:hunter2-db@h/db"]).unwrap();
+        assert_eq!(
+            settings.database_url.expose(),
+            "postgres://app:hunter2-db@h/db"
+        );
+    }
+
+    #[test]
+    fn debug_output_of_the_settings_shows_no_secret() {
+        let mut settings = parse(&[
+            "--database-url",
+            "postgres://app:hunter2-db@h/db?password=hunter2-param",
+            "--kafka-security-protocol",
+            "sasl_ssl",
+            "--kafka-sasl-username",
+            "app",
+            "--kafka-sasl-password",
+            "hunter2-sasl",
+        ])
+        .unwrap();
+        settings.kafka_options = KafkaOptions::from_vars([(
+            "KAFKA_OPTION_SSL_KEY_PASSWORD".to_owned(),
+            "hunter2-option".to_owned(),
+        )]);
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("ssl.key.password=***"), "{shown}");
+        assert!(shown.contains("postgres://app:***@h/db"), "{shown}");
+    }
+
+    #[test]
+    fn security_protocols_have_librdkafka_names() {
+        let protocol = |name: &str| {
+            parse(&["--kafka-security-protocol", name]).map(|s| s.kafka_security_protocol)
+        };
+        assert_eq!(protocol("sasl_ssl").unwrap(), SecurityProtocol::SaslSsl);
+        assert_eq!(
+            protocol("SASL_PLAINTEXT").unwrap(),
+            SecurityProtocol::SaslPlaintext
+        );
+        assert_eq!(protocol("ssl").unwrap(), SecurityProtocol::Ssl);
+        assert!(protocol("tls").is_err());
+    }
+
+    #[test]
+    fn sasl_mechanisms_are_those_librdkafka_has() {
+        let mechanism =
+            |name: &str| parse(&["--kafka-sasl-mechanism", name]).map(|s| s.kafka_sasl_mechanism);
+        assert_eq!(
+            mechanism("SCRAM-SHA-512").unwrap(),
+            SaslMechanism::ScramSha512
+        );
+        assert_eq!(
+            mechanism("scram-sha-256").unwrap(),
+            SaslMechanism::ScramSha256
+        );
+        let error = mechanism("GSSAPI").expect_err("refused").to_string();
+        assert!(error.contains("KAFKA_SASL_MECHANISM"), "{error}");
+    }
+
+    #[test]
+    fn the_ca_location_must_hold_a_certificate() {
+        let error = parse(&["--kafka-ssl-ca-location", "/nonexistent/ca.pem"])
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("KAFKA_SSL_CA_LOCATION"), "{error}");
+        assert!(error.contains("cannot read the file"), "{error}");
+        let not_pem = std::env::temp_dir().join(format!("chronolog-{}.pem", uuid::Uuid::new_v4()));
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        let error = ca_location(not_pem.to_str().unwrap()).unwrap_err();
+        std::fs::remove_file(&not_pem).unwrap();
+        assert_eq!(error, "holds no PEM certificate");
+        assert!(ca_location(std::env::temp_dir().to_str().unwrap()).is_ok());
     }
 }

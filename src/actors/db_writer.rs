@@ -15,7 +15,7 @@ use actix::prelude::*;
 
 use crate::db::models::ProjectedRecord;
 use crate::db::queries::{self, BatchApplied, PartitionKey};
-use crate::db::{DbError, Pool};
+use crate::db::{DatabaseUrl, DbError, Pool};
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
@@ -57,7 +57,7 @@ pub struct LoadOffsets {
 
 /// Owns the write-side pool.
 pub struct DbWriter {
-    database_url: String,
+    database_url: DatabaseUrl,
     pool_size: u32,
     pool: Pool,
     metrics: Arc<Metrics>,
@@ -65,7 +65,7 @@ pub struct DbWriter {
 
 impl DbWriter {
     /// A writer with its own pool of `pool_size` connections.
-    pub fn new(database_url: String, pool_size: u32, metrics: Arc<Metrics>) -> Self {
+    pub fn new(database_url: DatabaseUrl, pool_size: u32, metrics: Arc<Metrics>) -> Self {
         let pool = crate::db::pool(&database_url, pool_size);
         Self {
             database_url,

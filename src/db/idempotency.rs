@@ -161,7 +161,7 @@ struct LockedKey {
 /// The shared memory of idempotency keys, with its own connection pool.
 pub struct IdempotencyStore {
     pool: Pool,
-    database_url: String,
+    database_url: crate::db::DatabaseUrl,
     ttl: Duration,
     lock_wait: Duration,
     last_purge: Mutex<Option<Instant>>,
@@ -172,14 +172,14 @@ impl IdempotencyStore {
     /// for another that holds its key at most `delivery_timeout` (the
     /// holder's produce) plus a margin. Connects lazily.
     pub fn new(
-        database_url: &str,
+        database_url: &crate::db::DatabaseUrl,
         pool_size: u32,
         ttl: Duration,
         delivery_timeout: Duration,
     ) -> Self {
         Self {
             pool: crate::db::pool(database_url, pool_size),
-            database_url: database_url.to_owned(),
+            database_url: database_url.clone(),
             ttl,
             lock_wait: delivery_timeout + LOCK_MARGIN,
             last_purge: Mutex::new(None),
@@ -370,7 +370,7 @@ impl std::fmt::Debug for IdempotencyStore {
 }
 
 /// One attempt at the migrations; `true` when the store is ready.
-async fn migrate(database_url: &str) -> bool {
+async fn migrate(database_url: &crate::db::DatabaseUrl) -> bool {
     match tokio::time::timeout(PREPARE_TIMEOUT, crate::db::run_migrations(database_url)).await {
         Ok(Ok(())) => true,
         Ok(Err(error)) => {

@@ -2,6 +2,7 @@
 //!
 //! The view is disposable: everything in it can be rebuilt from the log.
 
+mod connect;
 pub mod idempotency;
 pub mod models;
 pub mod queries;
@@ -12,8 +13,11 @@ use std::time::Duration;
 
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, PoolError};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, PoolError};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures::FutureExt;
+
+pub use connect::{DatabaseUrl, InvalidDatabaseUrl};
 
 /// Migrations from `migrations/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -59,9 +63,21 @@ impl DbError {
 }
 
 /// A pool that connects lazily: building it never fails, a dead server shows
-/// up as a failed checkout, which callers retry.
-pub fn pool(database_url: &str, size: u32) -> Pool {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+/// up as a failed checkout, which callers retry. Every connection is made by
+/// [`DatabaseUrl::connect`], with the TLS the URL asks for.
+pub fn pool(database_url: &DatabaseUrl, size: u32) -> Pool {
+    let url = database_url.clone();
+    let mut config = ManagerConfig::<AsyncPgConnection>::default();
+    config.custom_setup = Box::new(move |_| {
+        let url = url.clone();
+        async move { url.connect().await }.boxed()
+    });
+    // The manager hands this string to `custom_setup` only, which ignores it:
+    // the redacted form keeps the password out of anything that prints it.
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        database_url.to_string(),
+        config,
+    );
     bb8::Pool::builder()
         .max_size(size)
         .min_idle(Some(1))
@@ -74,13 +90,14 @@ pub fn pool(database_url: &str, size: u32) -> Pool {
 ///
 /// Diesel's migration harness is synchronous, so it runs on a blocking
 /// thread over an async connection wrapped for sync use.
-pub async fn run_migrations(database_url: &str) -> Result<(), DbError> {
-    use diesel::Connection;
-    let url = database_url.to_owned();
+pub async fn run_migrations(database_url: &DatabaseUrl) -> Result<(), DbError> {
+    let conn = database_url
+        .connect()
+        .await
+        .map_err(|e| DbError::Migration(e.to_string()))?;
     let applied = tokio::task::spawn_blocking(move || -> Result<usize, DbError> {
         use diesel::RunQueryDsl;
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
-            .map_err(|e| DbError::Migration(format!("cannot connect: {e}")))?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         // Processes of several roles start together against one database:
         // one migrates, the others wait and then find nothing to do. The
         // lock is released when the connection closes.

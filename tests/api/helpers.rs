@@ -89,7 +89,7 @@ pub fn settings(database_url: &str) -> Settings {
     settings.kafka_topic_retention_ms = i64::MAX;
     settings.kafka_session_timeout = Duration::from_secs(10);
     settings.delivery_timeout = Duration::from_secs(10);
-    settings.database_url = database_url.to_owned();
+    settings.database_url = database_url.parse().expect("a valid DATABASE_URL");
     settings.database_pool_size = 4;
     settings.batch_max_records = 500;
     settings.command_addr = any_port;
@@ -208,7 +208,7 @@ impl TestApp {
     /// Every id in the view, with duplicates if there were any (there
     /// cannot be: the id is the primary key, so a count is compared too).
     pub async fn row_ids(&self) -> Vec<Uuid> {
-        row_ids(&self.settings.database_url).await
+        row_ids(self.settings.database_url.expose()).await
     }
 
     /// The metrics of the application under test (its own registry).
@@ -398,14 +398,14 @@ pub struct PrivatePostgres {
     port: u16,
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::process::Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
-fn as_postgres_user(program: &str, args: &[&str]) -> std::process::Command {
+pub fn as_postgres_user(program: &str, args: &[&str]) -> std::process::Command {
     // PostgreSQL refuses to run as root.
     if is_root() {
         let mut command = std::process::Command::new("runuser");
@@ -418,7 +418,7 @@ fn as_postgres_user(program: &str, args: &[&str]) -> std::process::Command {
     }
 }
 
-fn run(mut command: std::process::Command) {
+pub fn run(mut command: std::process::Command) {
     let output = command.output().expect("command runs");
     assert!(
         output.status.success(),
@@ -596,7 +596,7 @@ pub fn spawn_consumer_process_with(settings: &Settings, env: &[(&str, &str)]) ->
             "--consumer-addr",
             "127.0.0.1:0",
         ])
-        .env("DATABASE_URL", &settings.database_url)
+        .env("DATABASE_URL", settings.database_url.expose())
         .env("KAFKA_BROKERS", &settings.kafka_brokers)
         .env("KAFKA_TOPIC", &settings.kafka_topic)
         .env("KAFKA_GROUP_ID", &settings.kafka_group_id)

@@ -201,7 +201,7 @@ async fn wait_for_projection(app: &TestApp) {
         app.settings.kafka_topic
     );
     eventually("every record is projected", || async {
-        (count(&app.settings.database_url, &sql).await >= expected).then_some(())
+        (count(app.settings.database_url.expose(), &sql).await >= expected).then_some(())
     })
     .await;
 }
@@ -273,7 +273,9 @@ async fn sixteen_concurrent_retries_with_one_key_get_one_id_one_record_and_one_r
     assert_eq!(records.len(), 1, "one record in the log");
     let (_, record_key, value, _) = describe(&records[0]);
     assert_eq!(record_key, id.to_string());
-    let stored = key_row(&app.settings.database_url, key).await.unwrap();
+    let stored = key_row(app.settings.database_url.expose(), key)
+        .await
+        .unwrap();
     assert_eq!(stored.command_id, id);
     assert_eq!(value, value_of(id, &stored.event_timestamp));
     assert_eq!(
@@ -319,7 +321,7 @@ async fn two_command_processes_answer_one_key_with_one_id() {
     assert_eq!(describe(&records[0]).1, id.to_string());
     first.wait_visible(id).await;
     wait_for_projection(&first).await;
-    assert_eq!(row_ids(&settings.database_url).await, vec![id]);
+    assert_eq!(row_ids(settings.database_url.expose()).await, vec![id]);
     second.stop().await;
     first.stop().await;
 }
@@ -378,7 +380,7 @@ async fn a_key_names_one_command_and_another_timestamp_is_refused_with_422() {
     let bad = post_keyed(&app, "/api/v1/timestamp/yesterday", Some("bad-ts")).await;
     assert_eq!((bad.status, bad.error()), (400, "invalid_timestamp"));
     assert!(
-        key_row(&app.settings.database_url, "bad-ts")
+        key_row(app.settings.database_url.expose(), "bad-ts")
             .await
             .is_none()
     );
@@ -454,7 +456,7 @@ async fn malformed_idempotency_keys_get_400_and_nothing_is_produced() {
     assert!(read_topic(&app.settings.kafka_topic).await.is_empty());
     assert_eq!(
         count(
-            &app.settings.database_url,
+            app.settings.database_url.expose(),
             "SELECT count(*) AS n FROM idempotency_keys"
         )
         .await,
@@ -478,13 +480,13 @@ async fn a_503_after_the_record_was_produced_is_retried_with_the_same_id_and_tim
     let app = TestApp::spawn().await;
     let database_url = app.settings.database_url.clone();
     execute(
-        &database_url,
+        database_url.expose(),
         "CREATE FUNCTION refuse_update() RETURNS trigger LANGUAGE plpgsql AS \
          $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
     )
     .await;
     execute(
-        &database_url,
+        database_url.expose(),
         "CREATE TRIGGER refuse_update BEFORE UPDATE ON idempotency_keys \
          FOR EACH ROW EXECUTE FUNCTION refuse_update()",
     )
@@ -497,7 +499,7 @@ async fn a_503_after_the_record_was_produced_is_retried_with_the_same_id_and_tim
         "{:?}",
         failed.body
     );
-    let pending = key_row(&database_url, "twice").await.unwrap();
+    let pending = key_row(database_url.expose(), "twice").await.unwrap();
     assert_eq!((pending.partition, pending.log_offset), (None, None));
     let value = value_of(pending.command_id, &pending.event_timestamp);
     let records = read_topic(&app.settings.kafka_topic).await;
@@ -509,7 +511,7 @@ async fn a_503_after_the_record_was_produced_is_retried_with_the_same_id_and_tim
     assert_eq!(describe(&records[0]).2, value);
 
     execute(
-        &database_url,
+        database_url.expose(),
         "DROP TRIGGER refuse_update ON idempotency_keys",
     )
     .await;
@@ -578,7 +580,7 @@ async fn a_503_from_the_broker_leaves_the_key_pending_and_the_retry_produces_its
         "{:?}",
         refused.body
     );
-    let pending = key_row(&settings.database_url, "refused-once")
+    let pending = key_row(settings.database_url.expose(), "refused-once")
         .await
         .unwrap();
     assert_eq!((pending.partition, pending.log_offset), (None, None));
@@ -625,7 +627,7 @@ async fn a_key_left_pending_by_a_dead_owner_is_produced_with_its_id_and_timestam
     let app = TestApp::spawn().await;
     let (id, at) = (Uuid::new_v4(), "2011-11-11 11:11:11.111111+00");
     execute(
-        &app.settings.database_url,
+        app.settings.database_url.expose(),
         &format!(
             "INSERT INTO idempotency_keys (key, command_id, event_timestamp) \
              VALUES ('orphan', '{id}', '{at}')"
@@ -666,7 +668,7 @@ async fn a_request_waits_for_the_holder_of_its_key_and_takes_over_when_it_dies()
     let database_url = app.settings.database_url.clone();
     let id = Uuid::new_v4();
     execute(
-        &database_url,
+        database_url.expose(),
         &format!(
             "INSERT INTO idempotency_keys (key, command_id, event_timestamp) \
              VALUES ('held', '{id}', now())"
@@ -676,7 +678,9 @@ async fn a_request_waits_for_the_holder_of_its_key_and_takes_over_when_it_dies()
 
     // A holder that never answers: the request gives up after the wait
     // (delivery timeout + 2 s) with a 503 and produces nothing.
-    let mut holder = AsyncPgConnection::establish(&database_url).await.unwrap();
+    let mut holder = AsyncPgConnection::establish(database_url.expose())
+        .await
+        .unwrap();
     diesel::sql_query("BEGIN")
         .execute(&mut holder)
         .await
@@ -704,7 +708,7 @@ async fn a_request_waits_for_the_holder_of_its_key_and_takes_over_when_it_dies()
     let waiting = post_keyed(&app, "/api/v1/timestamp", Some("held"));
     let die = async {
         eventually("the request waits for the key's lock", || async {
-            (lock_waiters(&database_url).await > 0).then_some(())
+            (lock_waiters(database_url.expose()).await > 0).then_some(())
         })
         .await;
         drop(holder);
@@ -757,7 +761,7 @@ async fn keys_expire_after_the_ttl_and_expired_keys_are_purged() {
             202
         );
         let left = count(
-            &database_url,
+            database_url.expose(),
             "SELECT count(*) AS n FROM idempotency_keys WHERE key <> 'probe'",
         )
         .await;

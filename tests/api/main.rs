@@ -15,4 +15,7 @@ mod ops;
 mod pipeline;
 mod query;
 mod recovery;
+mod secrets;
+mod secure_rig;
+mod tls;
 mod writer;

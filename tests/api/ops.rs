@@ -243,7 +243,7 @@ async fn set_connections_allowed(database_url: &str, allowed: bool) {
 async fn every_actor_handles_messages_and_a_writer_that_loses_its_database_is_restarted() {
     let app = TestApp::spawn().await;
     let ids = post_many(&app, 50, Arc::default()).await;
-    crate::helpers::wait_for_exact_ids(&app.settings.database_url, &ids).await;
+    crate::helpers::wait_for_exact_ids(app.settings.database_url.expose(), &ids).await;
     let metrics = app.metrics();
     let handled = |actor: &str, message: &str| {
         metrics
@@ -274,13 +274,13 @@ async fn every_actor_handles_messages_and_a_writer_that_loses_its_database_is_re
             .get()
     };
     let before = restarts();
-    set_connections_allowed(&app.settings.database_url, false).await;
+    set_connections_allowed(app.settings.database_url.expose(), false).await;
     let during = app.accept(None).await;
     eventually("the db writer is restarted", || async {
         (restarts() > before).then_some(())
     })
     .await;
-    set_connections_allowed(&app.settings.database_url, true).await;
+    set_connections_allowed(app.settings.database_url.expose(), true).await;
     app.wait_visible(during).await;
     app.stop().await;
 }

@@ -19,7 +19,7 @@ async fn a_thousand_and_one_commands_become_exactly_those_rows() {
     let app = TestApp::spawn().await;
     let ids = post_many(&app, 1001, Arc::default()).await;
     assert_eq!(ids.len(), 1001, "every accepted id is fresh");
-    wait_for_exact_ids(&app.settings.database_url, &ids).await;
+    wait_for_exact_ids(app.settings.database_url.expose(), &ids).await;
     app.stop().await;
 }
 

@@ -281,7 +281,7 @@ async fn a_waiter_gets_a_record_committed_by_its_own_process_while_it_waits() {
             None,
         )
         .await;
-        first_seen(&app.settings.database_url, id).await
+        first_seen(app.settings.database_url.expose(), id).await
     };
     let ((status, applied, body, _), seen) = futures::join!(waiter, produced);
     let answered = Instant::now();
@@ -353,8 +353,10 @@ async fn a_stopping_server_answers_its_waiting_requests_at_once() {
 /// A fresh view with the migrations applied, and a pool on it.
 async fn fresh_view() -> (String, chronolog::db::Pool) {
     let url = create_database().await;
-    chronolog::db::run_migrations(&url).await.unwrap();
-    let pool = chronolog::db::pool(&url, 2);
+    chronolog::db::run_migrations(&url.parse().unwrap())
+        .await
+        .unwrap();
+    let pool = chronolog::db::pool(&url.parse().unwrap(), 2);
     (url, pool)
 }
 

@@ -45,7 +45,9 @@ fn partition(partition: i32) -> PartitionKey {
 /// A new database with the view's schema, and a connection to it.
 async fn empty_view() -> (String, AsyncPgConnection) {
     let url = create_database().await;
-    chronolog::db::run_migrations(&url).await.unwrap();
+    chronolog::db::run_migrations(&url.parse().unwrap())
+        .await
+        .unwrap();
     let conn = AsyncPgConnection::establish(&url).await.unwrap();
     (url, conn)
 }
