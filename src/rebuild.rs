@@ -121,6 +121,7 @@ pub async fn rebuild(
 ) -> anyhow::Result<RebuildReport> {
     let group_id = options.group_id.as_str();
     let started = Instant::now();
+    crate::kafka::preflight(settings).await?;
     crate::db::run_migrations(&settings.database_url)
         .await
         .context("DATABASE_URL: cannot prepare the target database")?;

@@ -52,6 +52,9 @@ impl Application {
                 .context("DATABASE_URL: cannot prepare the database")?;
         }
         if uses_broker {
+            // A refused option, a failed TLS handshake or SASL login stops
+            // the start here, with librdkafka's reason and no secret in it.
+            crate::kafka::preflight(settings).await?;
             let topics = admin::ensure_topics(settings)
                 .await
                 .context("KAFKA_BROKERS: cannot prepare the topics")?;
