@@ -22,6 +22,7 @@ use crate::config::Settings;
 use crate::db::{Pool, queries};
 use crate::domain::format_timestamp;
 use crate::http::middleware::Reported;
+use crate::kafka::admin::TopicReport;
 use crate::kafka::group::GroupStatus;
 use crate::kafka::{TracingContext, base_config, topic_partitions};
 use crate::metrics::Metrics;
@@ -103,6 +104,9 @@ pub struct Readiness {
     pub broker: Option<Arc<BrokerProbe>>,
     /// The group's partitions, for the consumer role: not ready while one is blocked.
     pub partitions: Option<Arc<GroupStatus>>,
+    /// What the start found about chronolog's topics (finite retention is a
+    /// warning: the service works, a rebuild from the log would not).
+    pub topics: Option<Arc<TopicReport>>,
     /// The last dependency check and the last state logged.
     pub checks: Arc<ReadyChecks>,
 }
@@ -234,15 +238,42 @@ async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
     }
     if let Some(status) = &readiness.partitions {
         let blocked = status.blocked();
+        let problems = status.problems();
         components.insert(
             "partitions",
             Component {
-                status: if blocked.is_empty() { "UP" } else { "DOWN" },
-                detail: json!({ "assigned": status.assigned(), "blocked": blocked }),
+                status: if blocked.is_empty() && problems.is_empty() {
+                    "UP"
+                } else {
+                    "DOWN"
+                },
+                detail: json!({
+                    "assigned": status.assigned(),
+                    "blocked": blocked,
+                    "problems": problems,
+                }),
             },
         );
     }
-    let up = components.values().all(|c| c.status == "UP");
+    if let Some(topics) = &readiness.topics {
+        components.insert(
+            "topics",
+            Component {
+                status: if topics.finite_retention.is_empty() {
+                    "UP"
+                } else {
+                    "WARN"
+                },
+                detail: json!({
+                    "finite_retention": topics.finite_retention,
+                    "unchecked": topics.unchecked,
+                }),
+            },
+        );
+    }
+    // A warning is shown, not failed on: only a component that is down
+    // makes the process unready.
+    let up = components.values().all(|c| c.status != "DOWN");
     readiness.checks.log_change(up, &components);
     let body = json!({
         "status": if up { "UP" } else { "DOWN" },
