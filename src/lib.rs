@@ -13,6 +13,16 @@ pub mod domain;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod offsets;
 pub mod rebuild;
 pub mod startup;
 pub mod telemetry;
+
+/// The message a caught panic carried, for logs and errors.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}

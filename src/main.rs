@@ -57,11 +57,53 @@ enum Command {
         #[arg(long)]
         allow_partial: bool,
     },
+    /// Operator commands on the view's stored offsets.
+    Offsets {
+        #[command(subcommand)]
+        action: OffsetsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OffsetsCommand {
+    /// Moves the stored offset of every partition of --topic whose offset is
+    /// above the log's high watermark (a recreated topic, a broker that lost
+    /// records) to the log's start; partitions within the log are unchanged.
+    Reset {
+        #[command(flatten)]
+        settings: Settings,
+        /// The topic whose partitions to reset.
+        #[arg(long, value_name = "TOPIC")]
+        topic: String,
+        /// The consumer group whose view it is; default KAFKA_GROUP_ID.
+        #[arg(long = "group", value_name = "GROUP_ID")]
+        group: Option<String>,
+        /// Where to move the offsets: the log's start.
+        #[arg(long = "to", value_enum)]
+        to: ResetTo,
+    },
+}
+
+/// Where `offsets reset` moves a stored offset.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ResetTo {
+    /// The partition's low watermark: its oldest record still in the log.
+    Earliest,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     chronolog::telemetry::init(&cli.log)?;
+    // A panic anywhere is logged like any error, with where it happened;
+    // the actors that catch panics restart their work.
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = chronolog::panic_message(info.payload());
+        tracing::error!(location, panic = message, "panic");
+    }));
     actix_rt::System::new().block_on(async move {
         match cli.command {
             Command::Serve { settings, roles } => {
@@ -87,6 +129,23 @@ fn main() -> anyhow::Result<()> {
                     allow_partial,
                 };
                 chronolog::rebuild::rebuild(&settings, &options).await?;
+                Ok(())
+            }
+            Command::Offsets {
+                action:
+                    OffsetsCommand::Reset {
+                        settings,
+                        topic,
+                        group,
+                        to: ResetTo::Earliest,
+                    },
+            } => {
+                let group = group.unwrap_or_else(|| settings.kafka_group_id.clone());
+                let report =
+                    chronolog::offsets::reset_to_earliest(&settings, &topic, &group).await?;
+                for partition in report {
+                    println!("{partition}");
+                }
                 Ok(())
             }
         }

@@ -55,6 +55,12 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// 1 for a topic of chronolog's whose records expire (finite retention).
     pub topic_retention_finite: IntGaugeVec,
+    /// Dead letters that could not be published for good (the record stays
+    /// in the log at its source offset; the error log names it), by cause.
+    pub dead_letter_failures: IntCounterVec,
+    /// How far a partition's stored offset is above the log's high
+    /// watermark (a recreated topic, a broker that lost data); 0 normally.
+    pub stored_offset_ahead: IntGaugeVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -194,6 +200,20 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            dead_letter_failures: IntCounterVec::new(
+                Opts::new(
+                    "dead_letter_failures_total",
+                    "Dead letters the broker refused for good; the source record stays in the log and the error log names it.",
+                ),
+                &["cause"],
+            )?,
+            stored_offset_ahead: IntGaugeVec::new(
+                Opts::new(
+                    "stored_offset_ahead_records",
+                    "Records by which a partition's stored offset is above the log's high watermark (recreated topic or lost broker data): the partition is stopped until `chronolog offsets reset`.",
+                ),
+                &["topic", "partition"],
+            )?,
             topic_retention_finite: IntGaugeVec::new(
                 Opts::new(
                     "topic_retention_finite",
@@ -234,6 +254,8 @@ impl Metrics {
         r.register(Box::new(self.partition_blocked.clone()))?;
         r.register(Box::new(self.dead_letters.clone()))?;
         r.register(Box::new(self.topic_retention_finite.clone()))?;
+        r.register(Box::new(self.dead_letter_failures.clone()))?;
+        r.register(Box::new(self.stored_offset_ahead.clone()))?;
         Ok(())
     }
 
@@ -308,7 +330,7 @@ impl Metrics {
             }
         }
         for kind in ["command", "dead_letter"] {
-            for outcome in ["delivered", "timeout", "failed", "fatal"] {
+            for outcome in ["delivered", "timeout", "failed", "fatal", "refused"] {
                 self.records_produced.with_label_values(&[kind, outcome]);
             }
         }
@@ -318,6 +340,7 @@ impl Metrics {
         for reason in crate::kafka::record::DecodeError::CODES {
             self.dead_letters.with_label_values(&[reason]);
         }
+        self.dead_letter_failures.with_label_values(&["refused"]);
     }
 }
 
