@@ -11,6 +11,7 @@ mod golden_log;
 mod helpers;
 mod http_edges;
 mod idempotency;
+mod kafka_wire;
 mod ops;
 mod pipeline;
 mod query;
