@@ -435,6 +435,81 @@ mod tests {
         assert_eq!(crc32c(b""), 0);
     }
 
+    /// A one-record transactional batch as a Kafka client wrote it (kept in
+    /// tansu-sans-io 0.6.0's tests, `record/deflated.rs`): the record's
+    /// bytes and the batch's CRC must come out the same here. tansu only
+    /// logs a wrong CRC and takes the batch, so the broker test alone would
+    /// not catch one.
+    #[test]
+    fn a_record_and_its_crc_match_what_a_kafka_client_wrote() {
+        let record = RawRecord {
+            key: Some(b"\0\0\0\0"),
+            value: Some(b"test0-ok"),
+            headers: &[],
+            timestamp_ms: 1_729_509_915_759,
+        };
+        let mut record_data = Vec::new();
+        put_record(&mut record_data, &record, 0, 0).unwrap();
+        assert_eq!(record_data, b"$\0\0\0\x08\0\0\0\0\x10test0-ok\0");
+
+        let mut checked = Vec::new();
+        put_i16(&mut checked, 16); // attributes: transactional
+        put_i32(&mut checked, 0); // last offset delta
+        put_i64(&mut checked, record.timestamp_ms);
+        put_i64(&mut checked, record.timestamp_ms);
+        put_i64(&mut checked, 5); // producer id
+        put_i16(&mut checked, 0); // producer epoch
+        put_i32(&mut checked, 0); // base sequence
+        put_i32(&mut checked, 1); // record count
+        checked.extend_from_slice(&record_data);
+        assert_eq!(crc32c(&checked), 3_650_210_183);
+    }
+
+    /// The whole batch, field by field, for a record with a null key, a
+    /// null header value and a second record 1 ms earlier.
+    #[test]
+    fn a_batch_is_laid_out_as_kafka_specifies() {
+        let batch = record_batch(&[
+            RawRecord {
+                key: None,
+                value: Some(b"v"),
+                headers: &[(b"\xff", None)],
+                timestamp_ms: 10,
+            },
+            RawRecord {
+                key: Some(b"k"),
+                value: None,
+                headers: &[],
+                timestamp_ms: 9,
+            },
+        ])
+        .unwrap();
+        let records: &[u8] = &[
+            20, 0, 0, 0, 1, 2, b'v', 2, 2, 0xff,
+            1, // ts +0, offset 0, null key, header (k, null)
+            14, 0, 1, 2, 2, b'k', 1, 0, // ts -1, offset 1, key "k", null value, no headers
+        ];
+        let mut checked = Vec::new();
+        put_i16(&mut checked, 0);
+        put_i32(&mut checked, 1);
+        put_i64(&mut checked, 10);
+        put_i64(&mut checked, 10);
+        put_i64(&mut checked, -1);
+        put_i16(&mut checked, -1);
+        put_i32(&mut checked, -1);
+        put_i32(&mut checked, 2);
+        checked.extend_from_slice(records);
+        let mut expected = Vec::new();
+        put_i64(&mut expected, 0);
+        put_i32(&mut expected, (9 + checked.len()) as i32);
+        put_i32(&mut expected, -1);
+        expected.push(2);
+        expected.extend_from_slice(&crc32c(&checked).to_be_bytes());
+        expected.extend_from_slice(&checked);
+        assert_eq!(batch, expected);
+        assert!(matches!(record_batch(&[]), Err(WireError::NoRecords)));
+    }
+
     #[test]
     fn varints_are_zigzag_leb128() {
         let encode = |v| {
