@@ -16,6 +16,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 /// One record as it goes on the wire; every field is raw bytes.
+#[derive(Debug, Clone, Copy)]
 pub struct RawRecord<'a> {
     /// The key; `None` is Kafka's null key (length -1).
     pub key: Option<&'a [u8]>,
@@ -655,5 +656,38 @@ mod tests {
             Timestamp::CreateTime(CREATED_MS - 1_000)
         );
         assert_eq!(tombstone.headers().map(|h| h.count()).unwrap_or(0), 0);
+    }
+
+    #[actix_rt::test]
+    async fn a_refusal_comes_back_with_the_broker_s_error_code() {
+        let topic = unique("kafka-wire");
+        create_topic(&topic).await;
+        let outcomes = tokio::task::spawn_blocking({
+            let topic = topic.clone();
+            move || {
+                let record = RawRecord {
+                    key: None,
+                    value: Some(b"v"),
+                    headers: &[],
+                    timestamp_ms: CREATED_MS,
+                };
+                let missing = produce(&brokers(), "kafka-wire-never-created", 0, &[record]);
+                let beyond = produce(&brokers(), &topic, 7, &[record]);
+                (
+                    missing.map_err(|e| e.to_string()),
+                    beyond.map_err(|e| e.to_string()),
+                )
+            }
+        })
+        .await
+        .expect("producer thread");
+        let unknown = |t: &str, p| {
+            Err(format!(
+                "the broker refused the records for {t}/{p}: \
+                 error code 3 (UNKNOWN_TOPIC_OR_PARTITION)"
+            ))
+        };
+        assert_eq!(outcomes.0, unknown("kafka-wire-never-created", 0));
+        assert_eq!(outcomes.1, unknown(&topic, 7));
     }
 }
