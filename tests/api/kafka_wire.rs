@@ -69,9 +69,11 @@ const PRODUCE_VERSION: i16 = 3;
 const CLIENT_ID: &str = "chronolog-kafka-wire";
 /// acks=-1: the broker answers once every in-sync replica has the records.
 const ACKS_ALL: i16 = -1;
-/// How long the broker may wait for its replicas, and how long the socket
-/// waits for anything, so a test never hangs.
+/// How long the socket waits for anything, so a test never hangs.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the broker may wait for its replicas: less than [`TIMEOUT`], so
+/// that its REQUEST_TIMED_OUT arrives before the socket gives up.
+const REPLICATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// A Produce response for one partition is a few dozen bytes; anything
 /// much larger is not one.
 const MAX_RESPONSE: usize = 1 << 20;
@@ -98,10 +100,11 @@ pub fn produce(
     stream.write_all(&request).map_err(io)?;
     let mut size = [0; 4];
     stream.read_exact(&mut size).map_err(io)?;
-    let size = usize::try_from(i32::from_be_bytes(size))
+    let size = i32::from_be_bytes(size);
+    let size = usize::try_from(size)
         .ok()
         .filter(|&n| n <= MAX_RESPONSE)
-        .ok_or_else(|| WireError::Response(format!("a frame of {size:?} bytes")))?;
+        .ok_or_else(|| WireError::Response(format!("a frame of {size} bytes")))?;
     let mut response = vec![0; size];
     stream.read_exact(&mut response).map_err(io)?;
     parse_response(&response, topic, partition)
@@ -136,7 +139,7 @@ fn produce_request(topic: &str, partition: i32, batch: &[u8]) -> Result<Vec<u8>,
     put_string(&mut body, CLIENT_ID)?;
     put_i16(&mut body, -1); // transactional_id: null
     put_i16(&mut body, ACKS_ALL);
-    put_i32(&mut body, millis(TIMEOUT));
+    put_i32(&mut body, millis(REPLICATION_TIMEOUT));
     put_i32(&mut body, 1); // topics
     put_string(&mut body, topic)?;
     put_i32(&mut body, 1); // partitions
