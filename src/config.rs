@@ -425,15 +425,6 @@ pub enum Role {
 impl Role {
     /// Every role, as `serve` runs by default.
     pub const ALL: [Role; 3] = [Role::Command, Role::Consumer, Role::Query];
-
-    /// The role's name as used in flags, logs and readiness reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Command => "command",
-            Role::Consumer => "consumer",
-            Role::Query => "query",
-        }
-    }
 }
 
 impl Settings {
