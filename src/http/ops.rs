@@ -49,14 +49,25 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         super::resource("/metrics")
             .route(super::get_or_head().to(render_metrics))
             .default_service(web::to(super::method_not_allowed)),
+    )
+    .service(
+        super::resource("/openapi.json")
+            .route(super::get_or_head().to(super::openapi::openapi_json))
+            .default_service(web::to(super::method_not_allowed)),
     );
 }
 
-async fn health() -> HttpResponse {
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "The process is up", body = super::openapi::HealthSchema)))]
+pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "UP"}))
 }
 
-async fn render_metrics(metrics: web::Data<Metrics>) -> HttpResponse {
+/// Prometheus metrics of this process, in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub async fn render_metrics(metrics: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(metrics.render())
@@ -227,7 +238,14 @@ impl Component {
     }
 }
 
-async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
+/// Readiness: the dependencies of this process's roles, each `UP`, `DOWN`
+/// (or `WARN`, shown and not failed on), checked at most once a second.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "No component is DOWN", body = super::openapi::ReadySchema),
+        (status = 503, description = "A component is DOWN", body = super::openapi::ReadySchema),
+    ))]
+pub async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
     let checked = readiness.dependencies().await;
     let mut components = BTreeMap::new();
     if let Some(result) = checked.database {

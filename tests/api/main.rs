@@ -13,6 +13,7 @@ mod hostile;
 mod http_edges;
 mod idempotency;
 mod kafka_wire;
+mod openapi;
 mod ops;
 mod pipeline;
 mod query;
