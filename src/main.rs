@@ -66,9 +66,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum OffsetsCommand {
-    /// Moves the stored offset of every partition of --topic whose offset is
-    /// above the log's high watermark (a recreated topic, a broker that lost
-    /// records) to the log's start; partitions within the log are unchanged.
+    /// Moves the view's stored offset of --topic's partitions (all, or those
+    /// given with --partition) to the log's start: what a partition stopped
+    /// because the log lost what the view holds (a recreated topic, a broker
+    /// that lost records) needs to resume.
     Reset {
         #[command(flatten)]
         settings: Settings,
@@ -78,6 +79,9 @@ enum OffsetsCommand {
         /// The consumer group whose view it is; default KAFKA_GROUP_ID.
         #[arg(long = "group", value_name = "GROUP_ID")]
         group: Option<String>,
+        /// A partition to reset (repeatable); all of the topic's when absent.
+        #[arg(long = "partition", value_name = "PARTITION")]
+        partitions: Vec<i32>,
         /// Where to move the offsets: the log's start.
         #[arg(long = "to", value_enum)]
         to: ResetTo,
@@ -96,14 +100,7 @@ fn main() -> anyhow::Result<()> {
     chronolog::telemetry::init(&cli.log)?;
     // A panic anywhere is logged like any error, with where it happened;
     // the actors that catch panics restart their work.
-    std::panic::set_hook(Box::new(|info| {
-        let location = info
-            .location()
-            .map(|l| format!("{}:{}", l.file(), l.line()))
-            .unwrap_or_default();
-        let message = chronolog::panic_message(info.payload());
-        tracing::error!(location, panic = message, "panic");
-    }));
+    chronolog::install_panic_hook();
     actix_rt::System::new().block_on(async move {
         match cli.command {
             Command::Serve { settings, roles } => {
@@ -137,12 +134,14 @@ fn main() -> anyhow::Result<()> {
                         settings,
                         topic,
                         group,
+                        partitions,
                         to: ResetTo::Earliest,
                     },
             } => {
                 let group = group.unwrap_or_else(|| settings.kafka_group_id.clone());
                 let report =
-                    chronolog::offsets::reset_to_earliest(&settings, &topic, &group).await?;
+                    chronolog::offsets::reset_to_earliest(&settings, &topic, &group, &partitions)
+                        .await?;
                 for partition in report {
                     println!("{partition}");
                 }

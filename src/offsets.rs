@@ -1,14 +1,15 @@
-//! `chronolog offsets reset`: the operator's way out when a partition's
-//! stored offset is above its log's high watermark (the topic was recreated,
-//! or the broker lost records). The consumer stops such a partition rather
-//! than skip every new record silently; this command moves the stored
-//! offset of each such partition to the log's low watermark, and the
-//! stopped partition resumes there within a few seconds (running consumers
-//! look again every 2 s). Partitions whose stored offset lies within the
-//! log are left alone: they are being projected correctly.
+//! `chronolog offsets reset`: the operator's way out when the log lost what
+//! the view holds (the topic was deleted and created again, or the broker
+//! lost records). A consumer stops such a partition rather than skip every
+//! new record below the view's stored offset; this command moves the stored
+//! offset of the partitions named (all of the topic's by default) to the
+//! log's low watermark, and a stopped partition resumes there within a few
+//! seconds (stopped partitions look again every 2 s).
 //!
 //! Projecting records again is safe: the view applies each command once,
-//! and of two versions of one command keeps the same one in any order.
+//! and of two versions of one command keeps the same one in any order. A
+//! partition being consumed normally is not disturbed: its next commit
+//! stores its own position again (stored offsets only move forward).
 
 use std::fmt;
 
@@ -23,41 +24,38 @@ use crate::kafka::admin;
 pub struct PartitionReset {
     /// The partition.
     pub partition: i32,
-    /// Its stored next offset before (none: the view has no offset for it).
+    /// Its stored next offset before (none: the view has no offset for it,
+    /// and nothing is moved).
     pub stored: Option<i64>,
     /// The log's (low, high) watermarks.
     pub log: (i64, i64),
-    /// The stored next offset now, if it was moved.
-    pub moved_to: Option<i64>,
 }
 
 impl fmt::Display for PartitionReset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (low, high) = self.log;
-        let stored = self
-            .stored
-            .map_or_else(|| "none".to_owned(), |s| s.to_string());
-        match self.moved_to {
-            Some(to) => write!(
+        match self.stored {
+            Some(stored) => write!(
                 f,
-                "partition {}: stored offset {stored} was above the log ({low}..{high}); moved to {to}",
+                "partition {}: stored offset {stored} moved to {low} (the log holds offsets {low} to {high})",
                 self.partition
             ),
             None => write!(
                 f,
-                "partition {}: stored offset {stored} is within the log ({low}..{high}); unchanged",
+                "partition {}: no stored offset, nothing to move (the log holds offsets {low} to {high})",
                 self.partition
             ),
         }
     }
 }
 
-/// Moves the stored offset of every partition of `topic` in `group_id`'s
-/// view that is above its log's high watermark to the log's low watermark.
+/// Moves the stored offset of `partitions` of `topic` (every partition when
+/// empty) in `group_id`'s view to the log's low watermark.
 pub async fn reset_to_earliest(
     settings: &Settings,
     topic: &str,
     group_id: &str,
+    partitions: &[i32],
 ) -> anyhow::Result<Vec<PartitionReset>> {
     let log = {
         let (owned, name) = (settings.clone(), topic.to_owned());
@@ -66,6 +64,16 @@ pub async fn reset_to_earliest(
             .with_context(|| format!("KAFKA_BROKERS: cannot read the watermarks of {topic}"))?
     };
     anyhow::ensure!(!log.is_empty(), "topic {topic} has no partitions");
+    let unknown: Vec<i32> = partitions
+        .iter()
+        .copied()
+        .filter(|p| !log.contains_key(p))
+        .collect();
+    anyhow::ensure!(
+        unknown.is_empty(),
+        "topic {topic} has no partition {unknown:?} (it has {})",
+        log.len()
+    );
     let pool = crate::db::pool(&settings.database_url, 1);
     let mut conn = pool
         .get()
@@ -76,34 +84,32 @@ pub async fn reset_to_earliest(
         .context("DATABASE_URL: cannot read the stored offsets")?;
     let mut report = Vec::with_capacity(log.len());
     for (&partition, &(low, high)) in &log {
+        if !partitions.is_empty() && !partitions.contains(&partition) {
+            continue;
+        }
         let current = stored.get(&partition).copied();
-        let moved_to = match current {
-            Some(next) if next > high => {
-                let key = PartitionKey {
-                    group_id: group_id.to_owned(),
-                    topic: topic.to_owned(),
-                    partition,
-                };
-                queries::reset_offset(&mut conn, &key, low)
-                    .await
-                    .with_context(|| format!("cannot move partition {partition}'s offset"))?;
-                tracing::warn!(
-                    partition,
-                    from = next,
-                    to = low,
-                    group_id,
-                    topic,
-                    "stored offset reset to the log's start"
-                );
-                Some(low)
-            }
-            _ => None,
-        };
+        if let Some(next) = current {
+            let key = PartitionKey {
+                group_id: group_id.to_owned(),
+                topic: topic.to_owned(),
+                partition,
+            };
+            queries::reset_offset(&mut conn, &key, low)
+                .await
+                .with_context(|| format!("cannot move partition {partition}'s offset"))?;
+            tracing::warn!(
+                partition,
+                from = next,
+                to = low,
+                group_id,
+                topic,
+                "stored offset reset to the log's start"
+            );
+        }
         report.push(PartitionReset {
             partition,
             stored: current,
             log: (low, high),
-            moved_to,
         });
     }
     Ok(report)

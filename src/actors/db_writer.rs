@@ -103,8 +103,15 @@ impl Handler<WriteBatch> for DbWriter {
             let write = AssertUnwindSafe(write_batch(pool, &metrics, msg)).catch_unwind();
             let written = async {
                 write.await.unwrap_or_else(|panic| {
+                    // Only this batch failed: its partition retries it, and
+                    // the other partitions' batches go on (a restart of the
+                    // actor would abandon them all).
                     let reason = crate::panic_message(panic.as_ref());
-                    tracing::error!(panic = reason, "db writer panicked; restarting it");
+                    tracing::error!(
+                        panic = reason,
+                        "db writer panicked on a batch; its partition retries it"
+                    );
+                    metrics.actor_restarted(ACTOR);
                     Err(DbError::Panicked(reason))
                 })
             };

@@ -196,15 +196,12 @@ impl Actor for PartitionConsumer {
         self.worker = Some(Worker { stop, handle });
         if self.failures.load(Ordering::Acquire) == 0 {
             self.deps.status.set_blocked(&self.key, false);
+            self.deps.status.set_problem(&self.key, None);
         }
         tracing::info!(partition = self.key.partition, "partition consumer started");
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        if self.worker.is_none() && self.failures.load(Ordering::Acquire) == 0 {
-            self.deps.status.set_blocked(&self.key, false);
-            self.deps.status.set_problem(&self.key, None);
-        }
         tracing::info!(partition = self.key.partition, "partition consumer stopped");
     }
 }
@@ -249,6 +246,12 @@ impl Handler<Drain> for PartitionConsumer {
         let worker = self.worker.take();
         let committed = self.committed.clone();
         let partition = self.key.partition;
+        let (key, status) = (self.key.clone(), self.deps.status.clone());
+        let gauge = self
+            .deps
+            .metrics
+            .stored_offset_ahead
+            .with_label_values(&[&self.key.topic, &self.key.partition.to_string()]);
         let drain = async move {
             if let Some(worker) = worker {
                 // Fails only when the worker already ended, which is fine.
@@ -258,6 +261,10 @@ impl Handler<Drain> for PartitionConsumer {
                     Err(error) => tracing::error!(partition, %error, "partition worker died"),
                 }
             }
+            // Given up: whatever this process said about it no longer holds.
+            status.set_blocked(&key, false);
+            status.set_problem(&key, None);
+            gauge.set(0);
             let next = committed.load(Ordering::Acquire);
             Ok::<_, std::convert::Infallible>(PartitionDrained {
                 next_offset: Some(next).filter(|&o| o >= 0),
@@ -341,6 +348,31 @@ fn classify(message: &BorrowedMessage<'_>) -> Incoming {
     }
 }
 
+/// [`classify`], with a panic in it (a bug) turned into a dead letter
+/// (`internal_error`): a record that makes the code panic every time it is
+/// read must not stop its partition for ever.
+fn classify_guarded(message: &BorrowedMessage<'_>) -> Incoming {
+    crate::catch_expected_panic(|| classify(message)).unwrap_or_else(|panic| {
+        let error = DecodeError::Internal(crate::panic_message(panic.as_ref()));
+        tracing::error!(offset = message.offset(), %error, "reading a record panicked; dead-lettering it");
+        Incoming::Poison {
+            offset: message.offset(),
+            dead_letter: DeadLetter::new(
+                &SourcePosition {
+                    topic: message.topic().to_owned(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                },
+                message.key(),
+                message.payload(),
+                Vec::new(),
+                &error,
+            ),
+            correlation_id: None,
+        }
+    })
+}
+
 /// The worker loop's state, separate from the actor so that it runs as a
 /// plain task.
 struct PartitionRun {
@@ -362,8 +394,14 @@ impl PartitionRun {
                 _ = stop.wait_for(|stopping| *stopping) => return WorkerExit::Drained,
             }
         }
-        if let Err(exit) = self.check_log(&stop).await {
+        if let Err(exit) = self.check_log(&stop, None).await {
             return exit;
+        }
+        if failures > 0 {
+            // Running again: the partition is no longer failing (another
+            // panic on the same record would show it again).
+            self.deps.status.set_problem(&self.key, None);
+            self.deps.status.set_blocked(&self.key, false);
         }
         let mut stream = queue.stream();
         loop {
@@ -379,7 +417,7 @@ impl PartitionRun {
                 match next {
                     Some(Ok(message)) => {
                         self.inject_fault(message.offset());
-                        batch.push(classify(&message));
+                        batch.push(classify_guarded(&message));
                     }
                     Some(Err(error)) => tracing::warn!(%error, "error reading the partition"),
                     None => return WorkerExit::Failed("partition queue ended".into()),
@@ -391,13 +429,17 @@ impl PartitionRun {
             if batch.is_empty() {
                 continue;
             }
-            // The log went back below what the view holds: a redelivery, or a
-            // log that lost records. Look before applying anything.
+            // The log went back below what this worker committed: librdkafka
+            // reset a position that fell out of the log. Applying the batch
+            // would skip it (it is below the stored offset), silently.
             let committed = self.committed.load(Ordering::Acquire);
-            if batch.first().is_some_and(|i| i.offset() < committed)
-                && let Err(exit) = self.check_log(&stop).await
+            if let Some(read) = batch.first().map(Incoming::offset)
+                && read < committed
             {
-                return exit;
+                if let Err(exit) = self.check_log(&stop, Some((committed, read))).await {
+                    return exit;
+                }
+                continue;
             }
             let projected =
                 self.deps
@@ -473,6 +515,7 @@ impl PartitionRun {
             // The partition was revoked meanwhile; the view holds the offset.
             tracing::debug!(%error, "offset not stored in Kafka");
         }
+        self.deps.status.set_committed(&self.key, next);
         // The conflicts' dead letters go out after the commit that decided
         // them (the view is right whatever happens to them).
         for conflict in &committed.applied.conflicts {
@@ -480,7 +523,6 @@ impl PartitionRun {
             self.dead_letter(offset, letter, correlation_id, stop)
                 .await?;
         }
-        self.deps.status.set_committed(&self.key, next);
         for (command_id, offset, correlation_id) in &correlation {
             if committed
                 .applied
@@ -637,59 +679,107 @@ impl PartitionRun {
         }
     }
 
-    /// Compares the view's stored offset with the log's high watermark.
-    /// While the stored offset is above it, the partition is stopped: shown
-    /// on `/ready` and in `chronolog_stored_offset_ahead_records`, with an
-    /// error that says what to do, looked at again every [`LOG_RECHECK`].
-    /// Once an operator has moved the stored offset (`chronolog offsets
-    /// reset`), the partition resumes there. When either side cannot be
-    /// read, consumption goes on: the check is a guard, not a dependency.
-    async fn check_log(&self, stop: &watch::Receiver<bool>) -> Result<(), WorkerExit> {
+    /// Guards against a log that lost what the view holds. Stops the
+    /// partition when the view's stored offset is above the log's high
+    /// watermark, or when `rewound` says the log went back below what this
+    /// worker committed (librdkafka resets a fetch position that fell out of
+    /// the log: a topic deleted and created again, a broker that lost data).
+    /// Reading on would skip every record below the stored offset, silently.
+    ///
+    /// A stopped partition shows on `/ready` with what to run and in
+    /// `chronolog_stored_offset_ahead_records`, and resumes only when an
+    /// operator moves its stored offset (`chronolog offsets reset`): not when
+    /// the log grows past it, which would skip the records in between. It
+    /// then reads from the new stored offset; the caller drops any records
+    /// it holds.
+    ///
+    /// Both positions must be known first: nothing can be committed without
+    /// the view, so waiting for them costs nothing.
+    async fn check_log(
+        &self,
+        stop: &watch::Receiver<bool>,
+        rewound: Option<(i64, i64)>,
+    ) -> Result<(), WorkerExit> {
         let gauge = self
             .deps
             .metrics
             .stored_offset_ahead
             .with_label_values(&[&self.key.topic, &self.key.partition.to_string()]);
-        let mut stopped = false;
-        loop {
-            let (Some(stored), Some(high)) =
-                (self.stored_offset().await, self.high_watermark().await)
-            else {
-                return Ok(());
-            };
-            if stored <= high {
+        let (stored, high) = self.positions(stop).await?;
+        let cause = match (rewound, stored) {
+            (Some((committed, read)), _) => format!(
+                "the log went back from offset {committed} to {read}: the topic was deleted and created again, or the broker lost records"
+            ),
+            (None, Some(stored)) if stored > high => format!(
+                "stored offset {stored} is above the log's high watermark {high}: the topic was deleted and created again, or the broker lost records"
+            ),
+            (None, _) => {
                 gauge.set(0);
-                if stopped {
-                    self.deps.status.set_problem(&self.key, None);
-                    self.deps.status.set_blocked(&self.key, false);
-                    self.committed.store(stored, Ordering::Release);
-                    if let Err(error) = self.deps.consumer.seek(
-                        &self.key.topic,
-                        self.key.partition,
-                        Offset::Offset(stored),
-                        Duration::ZERO,
-                    ) {
-                        tracing::error!(%error, stored, "cannot move the partition to its stored offset");
-                    }
-                    tracing::info!(
-                        stored,
-                        high,
-                        "stored offset is within the log again; the partition resumes"
-                    );
+                // Read from the view's offset even when the assignment could
+                // not look it up (it fell back to Kafka's committed offsets).
+                if let Some(stored) = stored
+                    && self.committed.load(Ordering::Acquire) < 0
+                {
+                    self.move_to(Some(stored));
                 }
                 return Ok(());
             }
-            gauge.set(stored - high);
-            if !stopped {
-                stopped = true;
-                let problem = format!(
-                    "stored offset {stored} is above the log's high watermark {high}: the topic was recreated or the broker lost records; \
-                     run `chronolog offsets reset --topic {} --group {} --to earliest` to project the log from its start",
-                    self.key.topic, self.key.group_id
-                );
-                tracing::error!(stored, high, "partition stopped: {problem}");
-                self.deps.status.set_blocked(&self.key, true);
-                self.deps.status.set_problem(&self.key, Some(problem));
+        };
+        let advice = format!(
+            "run `chronolog offsets reset --topic {} --group {} --partition {} --to earliest` to project the log from its start",
+            self.key.topic, self.key.group_id, self.key.partition
+        );
+        tracing::error!(?stored, high, "partition stopped: {cause}; {advice}");
+        self.deps.status.set_blocked(&self.key, true);
+        loop {
+            let (now, high) = self.positions(stop).await?;
+            if now != stored {
+                gauge.set(0);
+                self.deps.status.set_problem(&self.key, None);
+                self.deps.status.set_blocked(&self.key, false);
+                self.move_to(now);
+                tracing::info!(from = ?stored, to = ?now, "stored offset moved by an operator; the partition resumes");
+                return Ok(());
+            }
+            gauge.set(now.map_or(0, |s| (s - high).max(0)));
+            self.deps.status.set_problem(
+                &self.key,
+                Some(format!("{cause}; the log now ends at {high}; {advice}")),
+            );
+            let mut stop = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(LOG_RECHECK) => {}
+                _ = stop.wait_for(|s| *s) => return Err(WorkerExit::Drained),
+            }
+        }
+    }
+
+    /// Moves the fetch position to the view's stored offset (the log's
+    /// beginning when the view has none) and takes it as committed.
+    fn move_to(&self, stored: Option<i64>) {
+        let offset = stored.map_or(Offset::Beginning, Offset::Offset);
+        self.committed
+            .store(stored.unwrap_or(-1), Ordering::Release);
+        if let Err(error) =
+            self.deps
+                .consumer
+                .seek(&self.key.topic, self.key.partition, offset, Duration::ZERO)
+        {
+            tracing::error!(%error, ?offset, "cannot move the partition to its stored offset");
+        }
+    }
+
+    /// The view's stored offset (`None`: the view has none) and the log's
+    /// high watermark, read again every [`LOG_RECHECK`] until both answer.
+    async fn positions(
+        &self,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(Option<i64>, i64), WorkerExit> {
+        loop {
+            if let (Some(stored), Some(high)) =
+                (self.stored_offset().await, self.high_watermark().await)
+            {
+                return Ok((stored, high));
             }
             let mut stop = stop.clone();
             tokio::select! {
@@ -699,13 +789,15 @@ impl PartitionRun {
         }
     }
 
-    async fn stored_offset(&self) -> Option<i64> {
+    /// `Some(None)` when the view has no offset for this partition, `None`
+    /// when the view cannot be read.
+    async fn stored_offset(&self) -> Option<Option<i64>> {
         let request = self.deps.writer.send(LoadOffsets {
             group_id: self.key.group_id.clone(),
             topic: self.key.topic.clone(),
         });
         match request.await {
-            Ok(Ok(stored)) => stored.get(&self.key.partition).copied(),
+            Ok(Ok(stored)) => Some(stored.get(&self.key.partition).copied()),
             Ok(Err(error)) => {
                 tracing::warn!(%error, "cannot read the stored offset to check it against the log");
                 None

@@ -86,18 +86,17 @@ impl ProduceError {
     }
 }
 
-/// Broker and client errors that refuse a record for its content or the
-/// client's rights: no retry of the same record can succeed.
+/// Broker and client errors that refuse a record for what it is: no retry
+/// of the same record can succeed. (Authorisation failures are not among
+/// them: an operator can fix an ACL, and until then the partition shows as
+/// blocked rather than dropping dead letters.)
 fn refuses_the_record(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
         RDKafkaErrorCode::MessageSizeTooLarge
             | RDKafkaErrorCode::InvalidMessageSize
-            | RDKafkaErrorCode::InvalidMessage
             | RDKafkaErrorCode::InvalidRecord
             | RDKafkaErrorCode::InvalidTimestamp
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::ClusterAuthorizationFailed
             | RDKafkaErrorCode::UnsupportedForMessageFormat
     )
 }

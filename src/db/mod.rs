@@ -62,7 +62,6 @@ impl DbError {
         matches!(
             self,
             DbError::Connection(_)
-                | DbError::Panicked(_)
                 | DbError::Query(Error::DatabaseError(
                     DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
                     _

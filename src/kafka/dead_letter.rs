@@ -23,6 +23,8 @@ pub const VALUE_CUT: usize = 64 * 1024;
 pub const KEY_CUT: usize = 1024;
 /// The original headers are kept only while they total at most this.
 pub const HEADERS_CUT: usize = 64 * 1024;
+/// What is kept of the error message (`dlq.error`).
+pub const ERROR_CUT: usize = 1024;
 
 /// Where a record sits in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,13 +62,17 @@ impl DeadLetter {
         let header_bytes = |hs: &[(String, Vec<u8>)]| -> usize {
             hs.iter().map(|(k, v)| k.len() + v.len() + 8).sum()
         };
-        let size = key.map_or(0, <[u8]>::len)
-            + value.map_or(0, <[u8]>::len)
-            + header_bytes(&headers)
-            + 1024;
+        let mut message = error.to_string();
+        if message.len() > ERROR_CUT {
+            let mut at = ERROR_CUT;
+            while !message.is_char_boundary(at) {
+                at -= 1;
+            }
+            message.truncate(at);
+        }
         let mut trailer = vec![
             ("dlq.reason".to_owned(), error.code().as_bytes().to_vec()),
-            ("dlq.error".to_owned(), error.to_string().into_bytes()),
+            ("dlq.error".to_owned(), message.into_bytes()),
             (
                 "dlq.source.topic".to_owned(),
                 source.topic.clone().into_bytes(),
@@ -80,6 +86,12 @@ impl DeadLetter {
                 source.offset.to_string().into_bytes(),
             ),
         ];
+        // Room for the size and hash headers a cut adds.
+        let size = key.map_or(0, <[u8]>::len)
+            + value.map_or(0, <[u8]>::len)
+            + header_bytes(&headers)
+            + header_bytes(&trailer)
+            + 256;
         if size <= BUDGET {
             let mut all = headers;
             all.append(&mut trailer);

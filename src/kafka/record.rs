@@ -6,8 +6,6 @@
 //! record holds: a record that cannot be projected becomes a dead letter
 //! with a reason, never a stopped partition.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
 use chrono::{DateTime, Datelike, Utc};
 use rdkafka::message::Headers;
 use serde::{Deserialize, Serialize};
@@ -78,11 +76,14 @@ pub enum DecodeError {
     /// `event_timestamp`; the view keeps the other one.
     #[error("{0}")]
     ConflictingDuplicate(String),
+    /// Reading the record panicked (a bug, caught).
+    #[error("reading the record panicked: {0}")]
+    Internal(String),
 }
 
 impl DecodeError {
     /// Every [`code`](Self::code).
-    pub const CODES: [&'static str; 10] = [
+    pub const CODES: [&'static str; 11] = [
         "empty_value",
         "not_json",
         "missing_field",
@@ -93,6 +94,7 @@ impl DecodeError {
         "invalid_header",
         "invalid_record_timestamp",
         "conflicting_duplicate",
+        "internal_error",
     ];
 
     /// A short, fixed label for metrics and the dead-letter `reason` header.
@@ -108,6 +110,7 @@ impl DecodeError {
             DecodeError::InvalidHeader(_) => "invalid_header",
             DecodeError::InvalidRecordTimestamp(_) => "invalid_record_timestamp",
             DecodeError::ConflictingDuplicate(_) => "conflicting_duplicate",
+            DecodeError::Internal(_) => "internal_error",
         }
     }
 }
@@ -120,7 +123,7 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<TimestampComma
         .filter(|v| !v.is_empty())
         .ok_or(DecodeError::EmptyValue)?;
     let wire: WireIn =
-        serde_json::from_slice(value).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+        serde_json::from_slice(value).map_err(|e| DecodeError::NotJson(cut(&e.to_string())))?;
     let raw_id = wire
         .command_id
         .ok_or(DecodeError::MissingField("command_id"))?;
@@ -147,6 +150,15 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<TimestampComma
 
 fn shorten(s: &str) -> String {
     s.chars().take(64).collect()
+}
+
+/// A parser's message, which may quote the whole value (serde_json quotes a
+/// string it did not expect): at most 256 characters of it.
+fn cut(message: &str) -> String {
+    match message.char_indices().nth(256) {
+        Some((at, _)) => format!("{}…", &message[..at]),
+        None => message.to_owned(),
+    }
 }
 
 /// A record's headers, read as bytes.
@@ -195,7 +207,7 @@ pub fn read_headers<H: Headers>(headers: Option<&H>) -> RecordHeaders {
     };
     let mut read = RecordHeaders::default();
     for index in 0..headers.count() {
-        match catch_unwind(AssertUnwindSafe(|| headers.try_get(index))) {
+        match crate::catch_expected_panic(|| headers.try_get(index)) {
             Ok(Some(header)) => read.readable.push((
                 header.key.to_owned(),
                 header.value.map(<[u8]>::to_vec).unwrap_or_default(),

@@ -2,7 +2,7 @@
 //! change may stop a partition, kill a worker unseen, or lose data
 //! unnoticed. Each test ends on the exact view, dead letters and metrics.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use chronolog::config::Settings;
@@ -114,6 +114,8 @@ async fn a_hostile_log_never_stops_a_partition() {
     // As large as the broker takes with a header: too large to be copied
     // whole into a dead letter with its `dlq.*` headers.
     let huge = vec![b'x'; 990_000];
+    let quoted = format!("\"{}\"", "a".repeat(600_000)).into_bytes();
+    let (mut huge_at, mut quoted_at) = (BTreeSet::new(), BTreeSet::new());
     let mut duplicates = Vec::new();
     for partition in 0..3 {
         let first = Uuid::new_v4();
@@ -129,6 +131,13 @@ async fn a_hostile_log_never_stops_a_partition() {
 
         let (_, offset) = produce_raw(&topic, Some(partition), None, &huge, Some("huge")).await;
         hostile.insert((partition, offset), "not_json");
+        huge_at.insert((partition, offset));
+
+        // A JSON string: the parser's message quotes it, and must not make
+        // the dead letter too large to publish.
+        let (_, offset) = produce_raw(&topic, Some(partition), None, &quoted, None).await;
+        hostile.insert((partition, offset), "not_json");
+        quoted_at.insert((partition, offset));
 
         let smuggled = Uuid::new_v4();
         let offset = produce_wire(
@@ -200,7 +209,7 @@ async fn a_hostile_log_never_stops_a_partition() {
             .unwrap_or_else(|| panic!("no dead letter for {partition}/{offset}"));
         assert_eq!(header(letter, "dlq.reason").as_deref(), Some(*reason));
         assert_eq!(header(letter, "dlq.source.topic"), Some(topic.clone()));
-        if *reason == "not_json" {
+        if huge_at.contains(&(*partition, *offset)) {
             assert_eq!(
                 letter.payload().map(<[u8]>::len),
                 Some(64 * 1024),
@@ -216,6 +225,15 @@ async fn a_hostile_log_never_stops_a_partition() {
             );
             assert_eq!(header(letter, "correlationId").as_deref(), Some("huge"));
         }
+        if quoted_at.contains(&(*partition, *offset)) {
+            assert_eq!(letter.payload(), Some(quoted.as_slice()), "copied whole");
+            let error = header(letter, "dlq.error").unwrap_or_default();
+            assert!(
+                error.len() <= 1024,
+                "the parser's message is cut: {} bytes",
+                error.len()
+            );
+        }
         if *reason == "conflicting_duplicate" {
             let body: Value =
                 serde_json::from_slice(letter.payload().unwrap_or_default()).expect("JSON");
@@ -223,7 +241,7 @@ async fn a_hostile_log_never_stops_a_partition() {
         }
     }
     for (reason, count) in [
-        ("not_json", 3),
+        ("not_json", 6),
         ("invalid_header", 3),
         ("conflicting_duplicate", 3),
     ] {
@@ -266,48 +284,81 @@ async fn seed_offsets(settings: &Settings, next_offset: i64) {
 
 #[actix_rt::test]
 async fn a_stored_offset_above_the_log_stops_the_partition_until_an_operator_resets_it() {
-    // A view that projected 5,000 records per partition of a topic that was
+    // A view that projected 20 records per partition of a topic that was
     // since deleted and created again, empty.
     let settings = settings(&create_database().await);
-    seed_offsets(&settings, 5000).await;
+    seed_offsets(&settings, 20).await;
     let app = TestApp::spawn_with(settings, &[]).await;
+    let topic = app.settings.kafka_topic.clone();
     let mut ids = HashSet::new();
     for _ in 0..6 {
         ids.insert(app.accept(Some(EVENT_A)).await);
     }
 
-    let body = eventually("every partition stopped", || async {
+    let problems = || async {
         let (status, body) = ready(&app).await;
-        let stopped = body["components"]["partitions"]["problems"]
-            .as_object()
-            .is_some_and(|p| p.len() == 3);
-        (status == 503 && stopped).then_some(body)
+        let problems = body["components"]["partitions"]["problems"].clone();
+        (status, problems)
+    };
+    let stopped = eventually("every partition stopped", || async {
+        let (status, problems) = problems().await;
+        (status == 503 && problems.as_object().is_some_and(|p| p.len() == 3)).then_some(problems)
     })
     .await;
-    let problem = body["components"]["partitions"]["problems"]["0"]
-        .as_str()
-        .expect("a reason");
+    let problem = stopped["0"].as_str().expect("a reason");
     assert!(
-        problem.starts_with("stored offset 5000 is above the log's high watermark"),
+        problem.starts_with("stored offset 20 is above the log's high watermark"),
         "{problem}"
     );
     assert!(
-        problem.contains("chronolog offsets reset --topic"),
+        problem.contains(&format!(
+            "run `chronolog offsets reset --topic {topic} --group {} --partition 0 --to earliest`",
+            app.settings.kafka_group_id
+        )),
         "{problem}"
     );
     let ahead = |partition: &str| {
         app.metrics()
             .stored_offset_ahead
-            .with_label_values(&[&app.settings.kafka_topic, partition])
+            .with_label_values(&[&topic, partition])
             .get()
     };
-    // The gauge says how far each stored offset is ahead of the log, as
-    // the log grows (looked at every 2 s).
-    eventually("the gauge follows the log", || async {
-        let highs: i64 = (0..3).map(|p| 5000 - ahead(&p.to_string())).sum();
-        (highs == 6).then_some(())
+    eventually(
+        "the gauge says how far each stored offset is ahead",
+        || async {
+            let highs: i64 = (0..3).map(|p| 20 - ahead(&p.to_string())).sum();
+            (highs == 6).then_some(())
+        },
+    )
+    .await;
+
+    // The log of partition 0 grows past the stored offset: the records
+    // below it are still not projected, so the partition stays stopped.
+    for _ in 0..25 {
+        let id = Uuid::new_v4();
+        produce_raw(
+            &topic,
+            Some(0),
+            Some(&id.to_string()),
+            value(id, EVENT_A).as_bytes(),
+            None,
+        )
+        .await;
+        ids.insert(id);
+    }
+    eventually("partition 0 looked again at the longer log", || async {
+        let (status, problems) = problems().await;
+        let seen = problems["0"].as_str().is_some_and(|p| {
+            p.split("the log now ends at ")
+                .nth(1)
+                .and_then(|rest| rest.split(';').next())
+                .and_then(|n| n.parse::<i64>().ok())
+                .is_some_and(|high| high >= 25)
+        });
+        (status == 503 && seen).then_some(())
     })
     .await;
+    assert_eq!(ahead("0"), 0, "no longer ahead, and still stopped");
     assert!(
         app.row_ids().await.is_empty(),
         "nothing is skipped silently"
@@ -347,11 +398,10 @@ async fn a_stored_offset_above_the_log_stops_the_partition_until_an_operator_res
     for (partition, line) in lines.iter().enumerate() {
         assert!(
             line.starts_with(&format!(
-                "partition {partition}: stored offset 5000 was above the log (0.."
+                "partition {partition}: stored offset 20 moved to 0 (the log holds offsets 0 to "
             )),
             "{line}"
         );
-        assert!(line.ends_with("); moved to 0"), "{line}");
     }
 
     wait_for_exact_ids(app.settings.database_url.expose(), &ids).await;
@@ -409,9 +459,10 @@ async fn two_versions_of_a_command_keep_the_earliest_log_time_live_and_in_a_rebu
     let id = Uuid::new_v4();
     let now = chrono::Utc::now().timestamp_millis();
     // The later version is written first, to another partition than the
-    // earlier one: whatever order the partitions are read in, the view keeps
-    // the version with the earliest log time.
+    // earlier one, and projected: the earlier one replaces it when it comes.
     produce_at(&topic, 0, id, EVENT_B, now).await;
+    let first = app.wait_visible(id).await;
+    assert_eq!(first["event_timestamp"], EVENT_B);
     produce_at(&topic, 1, id, EVENT_A, now - 60_000).await;
 
     let letter = eventually("the losing version dead-lettered", || async {
@@ -423,6 +474,7 @@ async fn two_versions_of_a_command_keep_the_earliest_log_time_live_and_in_a_rebu
         header(&letter, "dlq.reason").as_deref(),
         Some("conflicting_duplicate")
     );
+    assert_eq!(header(&letter, "dlq.replaced").as_deref(), Some("true"));
     let body: Value = serde_json::from_slice(letter.payload().unwrap_or_default()).expect("JSON");
     assert_eq!(body["event_timestamp"], EVENT_B);
     assert_eq!(body["command_id"], id.to_string());
