@@ -1,15 +1,16 @@
 //! chronolog: a CQRS event pipeline.
 //!
 //! Commands come in over HTTP ([`http::command`]) and are appended to a Kafka
-//! topic, the golden record ([`actors::producer`]). A consumer group
-//! ([`kafka::group`]) projects the log into PostgreSQL ([`db`]) through
-//! partition consumers and a DB writer ([`actors`]). Queries read that view
+//! topic, the golden record ([`actors::producer`]). The projection engine
+//! ([`engine`]) projects the log into PostgreSQL ([`db`]) through a consumer
+//! group, partition consumers and a DB writer ([`actors::db_writer`]). Queries read that view
 //! ([`http::query`]). [`startup::Application`] wires the roles together.
 
 pub mod actors;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod engine;
 pub mod http;
 pub mod kafka;
 pub mod metrics;

@@ -22,8 +22,8 @@ use anyhow::Context as _;
 
 use crate::actors::db_writer::DbWriter;
 use crate::config::Settings;
+use crate::engine::group::{ConsumerGroup, Membership};
 use crate::kafka::admin;
-use crate::kafka::group::{ConsumerGroup, Membership};
 use crate::metrics::Metrics;
 
 /// How often progress is shown.

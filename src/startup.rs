@@ -13,10 +13,10 @@ use crate::actors::ingestion::Ingestion;
 use crate::actors::producer::{KafkaProducer, SharedProducer};
 use crate::config::{Role, Settings};
 use crate::db::idempotency::IdempotencyStore;
+use crate::engine::group::{ConsumerGroup, Membership};
 use crate::http::ops::{BrokerProbe, Readiness};
 use crate::http::{self, RunningServer};
 use crate::kafka::admin;
-use crate::kafka::group::{ConsumerGroup, Membership};
 use crate::kafka::lag::LagMonitor;
 use crate::metrics::Metrics;
 

@@ -4,7 +4,7 @@
 //! |---|---|---|---|---|---|
 //! | [`Ingestion`](ingestion::Ingestion) | `ingestion.rs` | a handle on the process's idempotency store | HTTP command handlers of its worker thread | `SubmitCommand` → `CommandAccepted` | 4096 |
 //! | [`KafkaProducer`](producer::KafkaProducer) | `producer.rs` | a handle on the process's idempotent producer | `Ingestion` of its worker thread; partition consumers (one on the system arbiter) | `PublishCommand`, `PublishDeadLetter` → `Delivered` | 4096 |
-//! | [`PartitionConsumer`](partition_consumer::PartitionConsumer) | `partition_consumer.rs` | one partition's queue, its committed offset | the group's rebalance callback | `Drain` → `PartitionDrained` | 16 |
+//! | [`PartitionConsumer`](crate::engine::partition_consumer::PartitionConsumer) | `engine/partition_consumer.rs` | one partition's queue, its committed offset | the group's rebalance callback | `Drain` → `PartitionDrained` | 16 |
 //! | [`DbWriter`](db_writer::DbWriter) | `db_writer.rs` | the write-side connection pool | partition consumers, the group | `WriteBatch` → `BatchCommitted`, `LoadOffsets` | 1024 |
 //!
 //! The command API runs one `Ingestion` and one `KafkaProducer` on each HTTP
@@ -26,5 +26,4 @@
 
 pub mod db_writer;
 pub mod ingestion;
-pub mod partition_consumer;
 pub mod producer;

@@ -21,9 +21,9 @@ use serde_json::json;
 use crate::config::Settings;
 use crate::db::{Pool, queries};
 use crate::domain::format_timestamp;
+use crate::engine::status::GroupStatus;
 use crate::http::middleware::Reported;
 use crate::kafka::admin::TopicReport;
-use crate::kafka::group::GroupStatus;
 use crate::kafka::{TracingContext, base_config, topic_partitions};
 use crate::metrics::Metrics;
 

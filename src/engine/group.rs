@@ -12,169 +12,41 @@
 //!   acknowledge the batch in flight — and waits for them (bounded by
 //!   `DRAIN_TIMEOUT`) before the partitions are given up.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaResult;
-use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
 use crate::actors::db_writer::{DbWriter, LoadOffsets};
-use crate::actors::partition_consumer::{Drain, PartitionConsumer, PartitionDeps};
 use crate::actors::producer::KafkaProducer;
 use crate::config::Settings;
 use crate::db::queries::PartitionKey;
-use crate::kafka::{consumer_config, forward_log};
+use crate::engine::partition_consumer::{Drain, PartitionConsumer, PartitionDeps};
+use crate::engine::status::GroupStatus;
+use crate::kafka::consumer::{GroupContext, RebalanceHandler};
+use crate::kafka::consumer_config;
 use crate::metrics::Metrics;
 
 /// The group's consumer.
-pub type GroupConsumer = StreamConsumer<GroupContext>;
+pub type GroupConsumer = StreamConsumer<GroupContext<Projector>>;
 /// One partition's own queue, split from the group queue.
-pub type PartitionQueue = StreamPartitionQueue<GroupContext>;
+pub type PartitionQueue = StreamPartitionQueue<GroupContext<Projector>>;
 
 /// How long an assignment waits for the view's stored offsets before it
 /// falls back to Kafka's committed offsets (safe: the writer skips what the
 /// view already holds).
 const OFFSET_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the group's partitions are doing, for `/ready`.
-pub struct GroupStatus {
-    assigned: Mutex<BTreeSet<i32>>,
-    blocked: Mutex<BTreeSet<i32>>,
-    /// Why a partition is stopped or failing, for `/ready` and the rebuild.
-    problems: Mutex<BTreeMap<i32, String>>,
-    /// The last panic caught in this group's workers: partition and message.
-    last_panic: Mutex<Option<(i32, String)>>,
-    committed: Mutex<BTreeMap<i32, i64>>,
-    /// Signalled at each commit, for whoever waits for the view to catch up.
-    commit_seen: tokio::sync::Notify,
-    /// Counts commits; every subscriber sees each change (see [`Self::commits`]).
-    commits: tokio::sync::watch::Sender<u64>,
-    metrics: Arc<Metrics>,
-}
-
-impl GroupStatus {
-    /// The status of a group that has no partition yet.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self {
-            assigned: Mutex::default(),
-            blocked: Mutex::default(),
-            problems: Mutex::default(),
-            last_panic: Mutex::default(),
-            committed: Mutex::default(),
-            commit_seen: tokio::sync::Notify::new(),
-            commits: tokio::sync::watch::Sender::new(0),
-            metrics,
-        }
-    }
-
-    /// A receiver that changes after every batch commit of this group: the
-    /// signal that the view may hold records it did not hold before. Any
-    /// number of receivers, none of which costs anything between commits.
-    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.commits.subscribe()
-    }
-
-    /// Marks a partition as blocked (retrying a failed write) or not.
-    pub fn set_blocked(&self, key: &PartitionKey, blocked: bool) {
-        if let Ok(mut set) = self.blocked.lock() {
-            if blocked {
-                set.insert(key.partition);
-            } else {
-                set.remove(&key.partition);
-            }
-        }
-        self.metrics
-            .partition_blocked
-            .with_label_values(&[&key.topic, &key.partition.to_string()])
-            .set(i64::from(blocked));
-    }
-
-    /// Partitions currently retrying a failed write.
-    pub fn blocked(&self) -> Vec<i32> {
-        self.blocked
-            .lock()
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default()
-    }
-
-    /// Says why `key`'s partition is stopped or failing (`Some`), or that it
-    /// no longer is (`None`). A partition with a problem counts as blocked.
-    pub fn set_problem(&self, key: &PartitionKey, problem: Option<String>) {
-        if let Ok(mut map) = self.problems.lock() {
-            match problem {
-                Some(reason) => map.insert(key.partition, reason),
-                None => map.remove(&key.partition),
-            };
-        }
-    }
-
-    /// Partitions stopped or failing, with the reason.
-    pub fn problems(&self) -> BTreeMap<i32, String> {
-        self.problems.lock().map(|m| m.clone()).unwrap_or_default()
-    }
-
-    /// Counts a panic caught in `key`'s worker.
-    pub fn panicked(&self, key: &PartitionKey, message: &str) {
-        if let Ok(mut last) = self.last_panic.lock() {
-            *last = Some((key.partition, message.to_owned()));
-        }
-    }
-
-    /// The last panic caught: partition and message.
-    pub fn last_panic(&self) -> Option<(i32, String)> {
-        self.last_panic.lock().ok().and_then(|l| l.clone())
-    }
-
-    /// Records that `partition`'s next offset is durable in the view.
-    pub fn set_committed(&self, key: &PartitionKey, next_offset: i64) {
-        if let Ok(mut map) = self.committed.lock() {
-            map.insert(key.partition, next_offset);
-        }
-        self.commit_seen.notify_one();
-        self.commits.send_modify(|n| *n = n.wrapping_add(1));
-        self.metrics
-            .committed_offset
-            .with_label_values(&[&key.topic, &key.partition.to_string()])
-            .set(next_offset);
-    }
-
-    /// The next offset durable in the view per partition this process has committed.
-    pub fn committed(&self) -> BTreeMap<i32, i64> {
-        self.committed.lock().map(|m| m.clone()).unwrap_or_default()
-    }
-
-    /// Resolves at the next commit, or at once if one happened since the
-    /// last call (one waiter: the rebuild's finish line).
-    pub async fn next_commit(&self) {
-        self.commit_seen.notified().await;
-    }
-
-    /// Partitions currently assigned to this process.
-    pub fn assigned(&self) -> Vec<i32> {
-        self.assigned
-            .lock()
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default()
-    }
-
-    fn set_assigned(&self, partitions: impl IntoIterator<Item = i32>) {
-        if let Ok(mut set) = self.assigned.lock() {
-            *set = partitions.into_iter().collect();
-        }
-    }
-}
-
-/// Callbacks of the group's consumer; owns the partition consumers.
-pub struct GroupContext {
+/// Membership of the group: the rebalance callback's handler, which owns
+/// the partition consumers.
+pub struct Projector {
     consumer: OnceLock<Weak<GroupConsumer>>,
     group_id: String,
     topic: String,
@@ -188,45 +60,27 @@ pub struct GroupContext {
     partitions: Mutex<HashMap<i32, Addr<PartitionConsumer>>>,
 }
 
-impl ClientContext for GroupContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        forward_log(level, fac, log_message);
-    }
-}
-
-impl ConsumerContext for GroupContext {
-    fn rebalance(
+impl RebalanceHandler for Projector {
+    fn assigned(
         &self,
-        base: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
+        assign: &mut dyn FnMut(&TopicPartitionList) -> KafkaResult<()>,
     ) {
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.assign(tpl, |tpl| base.assign(tpl))
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(|| base.unassign()),
-            other => {
-                tracing::error!(error = ?other, "rebalance error; giving up every partition");
-                self.revoke(|| base.unassign());
-            }
-        }
+        self.assign(tpl, assign);
     }
 
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(error) = result {
-            tracing::debug!(%error, "offset commit to Kafka failed; the view keeps the offsets");
-        }
+    fn revoked(&self, unassign: &mut dyn FnMut() -> KafkaResult<()>) {
+        self.revoke(unassign);
     }
 }
 
-impl GroupContext {
+impl Projector {
     /// Splits the partitions' queues, starts them at the view's stored
     /// offsets through `assign`, and starts their partition consumers.
     fn assign(
         &self,
         tpl: &mut TopicPartitionList,
-        assign: impl FnOnce(&TopicPartitionList) -> KafkaResult<()>,
+        assign: &mut dyn FnMut(&TopicPartitionList) -> KafkaResult<()>,
     ) {
         let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
             tracing::error!("assignment before the consumer is set up");
@@ -286,7 +140,7 @@ impl GroupContext {
     }
 
     /// Drains every partition consumer, then gives the partitions up through `unassign`.
-    fn revoke(&self, unassign: impl FnOnce() -> KafkaResult<()>) {
+    fn revoke(&self, unassign: &mut dyn FnMut() -> KafkaResult<()>) {
         let drained: Vec<(i32, Addr<PartitionConsumer>)> = {
             let mut map = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
             map.drain().collect()
@@ -424,7 +278,7 @@ impl ConsumerGroup {
     ) -> Result<Self, GroupError> {
         let arbiter = Arbiter::new();
         let status = Arc::new(GroupStatus::new(metrics));
-        let context = GroupContext {
+        let context = GroupContext::new(Projector {
             consumer: OnceLock::new(),
             group_id: group_id.to_owned(),
             topic: settings.kafka_topic.clone(),
@@ -436,7 +290,7 @@ impl ConsumerGroup {
             arbiter: arbiter.handle(),
             status: status.clone(),
             partitions: Mutex::new(HashMap::new()),
-        };
+        });
         let config = consumer_config(settings, group_id);
         let topic = settings.kafka_topic.clone();
         let close_timeout = settings.drain_timeout + Duration::from_secs(5);
@@ -463,7 +317,11 @@ impl ConsumerGroup {
                             return;
                         }
                     };
-                    let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
+                    let _ = consumer
+                        .context()
+                        .handler()
+                        .consumer
+                        .set(Arc::downgrade(&consumer));
                     // Manual assignment asks the DB writer for stored offsets,
                     // and the writer may live on the arbiter that is waiting for
                     // this start to finish: assign only after reporting ready.
@@ -482,11 +340,15 @@ impl ConsumerGroup {
                     if let Some(mut tpl) = manual {
                         consumer
                             .context()
-                            .assign(&mut tpl, |tpl| consumer.assign(tpl));
+                            .handler()
+                            .assign(&mut tpl, &mut |tpl| consumer.assign(tpl));
                     }
                     poll_until_shutdown(&consumer, shutdown_rx).await;
                     if matches!(membership, Membership::Assign(_)) {
-                        consumer.context().revoke(|| consumer.unassign());
+                        consumer
+                            .context()
+                            .handler()
+                            .revoke(&mut || consumer.unassign());
                     }
                     leave_group(consumer, close_timeout).await;
                 });

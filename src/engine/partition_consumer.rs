@@ -44,8 +44,9 @@ use crate::actors::db_writer::{DbWriter, LoadOffsets, WriteBatch};
 use crate::actors::producer::{KafkaProducer, PublishDeadLetter};
 use crate::db::models::ProjectedRecord;
 use crate::db::queries::PartitionKey;
+use crate::engine::group::{GroupConsumer, PartitionQueue};
+use crate::engine::status::GroupStatus;
 use crate::kafka::dead_letter::{DeadLetter, SourcePosition};
-use crate::kafka::group::{GroupConsumer, GroupStatus, PartitionQueue};
 use crate::kafka::record::{self, DecodeError};
 use crate::metrics::Metrics;
 

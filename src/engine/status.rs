@@ -1,0 +1,137 @@
+//! What a consumer group's partitions are doing: assigned, blocked (and
+//! why), committed, and a signal at each commit. Read by `/ready`, by
+//! `Prefer: wait` readers and by the rebuild's finish line.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use crate::db::queries::PartitionKey;
+use crate::metrics::Metrics;
+
+/// What the group's partitions are doing, for `/ready`.
+pub struct GroupStatus {
+    assigned: Mutex<BTreeSet<i32>>,
+    blocked: Mutex<BTreeSet<i32>>,
+    /// Why a partition is stopped or failing, for `/ready` and the rebuild.
+    problems: Mutex<BTreeMap<i32, String>>,
+    /// The last panic caught in this group's workers: partition and message.
+    last_panic: Mutex<Option<(i32, String)>>,
+    committed: Mutex<BTreeMap<i32, i64>>,
+    /// Signalled at each commit, for whoever waits for the view to catch up.
+    commit_seen: tokio::sync::Notify,
+    /// Counts commits; every subscriber sees each change (see [`Self::commits`]).
+    commits: tokio::sync::watch::Sender<u64>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl GroupStatus {
+    /// The status of a group that has no partition yet.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            assigned: Mutex::default(),
+            blocked: Mutex::default(),
+            problems: Mutex::default(),
+            last_panic: Mutex::default(),
+            committed: Mutex::default(),
+            commit_seen: tokio::sync::Notify::new(),
+            commits: tokio::sync::watch::Sender::new(0),
+            metrics,
+        }
+    }
+
+    /// A receiver that changes after every batch commit of this group: the
+    /// signal that the view may hold records it did not hold before. Any
+    /// number of receivers, none of which costs anything between commits.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
+    /// Marks a partition as blocked (retrying a failed write) or not.
+    pub fn set_blocked(&self, key: &PartitionKey, blocked: bool) {
+        if let Ok(mut set) = self.blocked.lock() {
+            if blocked {
+                set.insert(key.partition);
+            } else {
+                set.remove(&key.partition);
+            }
+        }
+        self.metrics
+            .partition_blocked
+            .with_label_values(&[&key.topic, &key.partition.to_string()])
+            .set(i64::from(blocked));
+    }
+
+    /// Partitions currently retrying a failed write.
+    pub fn blocked(&self) -> Vec<i32> {
+        self.blocked
+            .lock()
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Says why `key`'s partition is stopped or failing (`Some`), or that it
+    /// no longer is (`None`). A partition with a problem counts as blocked.
+    pub fn set_problem(&self, key: &PartitionKey, problem: Option<String>) {
+        if let Ok(mut map) = self.problems.lock() {
+            match problem {
+                Some(reason) => map.insert(key.partition, reason),
+                None => map.remove(&key.partition),
+            };
+        }
+    }
+
+    /// Partitions stopped or failing, with the reason.
+    pub fn problems(&self) -> BTreeMap<i32, String> {
+        self.problems.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Counts a panic caught in `key`'s worker.
+    pub fn panicked(&self, key: &PartitionKey, message: &str) {
+        if let Ok(mut last) = self.last_panic.lock() {
+            *last = Some((key.partition, message.to_owned()));
+        }
+    }
+
+    /// The last panic caught: partition and message.
+    pub fn last_panic(&self) -> Option<(i32, String)> {
+        self.last_panic.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Records that `partition`'s next offset is durable in the view.
+    pub fn set_committed(&self, key: &PartitionKey, next_offset: i64) {
+        if let Ok(mut map) = self.committed.lock() {
+            map.insert(key.partition, next_offset);
+        }
+        self.commit_seen.notify_one();
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+        self.metrics
+            .committed_offset
+            .with_label_values(&[&key.topic, &key.partition.to_string()])
+            .set(next_offset);
+    }
+
+    /// The next offset durable in the view per partition this process has committed.
+    pub fn committed(&self) -> BTreeMap<i32, i64> {
+        self.committed.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Resolves at the next commit, or at once if one happened since the
+    /// last call (one waiter: the rebuild's finish line).
+    pub async fn next_commit(&self) {
+        self.commit_seen.notified().await;
+    }
+
+    /// Partitions currently assigned to this process.
+    pub fn assigned(&self) -> Vec<i32> {
+        self.assigned
+            .lock()
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn set_assigned(&self, partitions: impl IntoIterator<Item = i32>) {
+        if let Ok(mut set) = self.assigned.lock() {
+            *set = partitions.into_iter().collect();
+        }
+    }
+}
