@@ -205,9 +205,14 @@ async fn two_hundred_waiters_hold_no_thread_and_get_404_at_their_deadline() {
             "answered after {waited:?}"
         );
     }
-    // /health answered all along, promptly.
+    // /health answered all along: a server that spent a thread (or its
+    // event loop) on each waiter would have held /health for the whole
+    // 3 s wait. (How fast it answers is the benchmark's business:
+    // `loadtest/bench.sh --only waiters` compares GET rates with and without
+    // 200 waiters in one run; a latency bound here would fail with the
+    // machine's load, not with the code.)
     assert!(answered >= 20, "{answered} health checks in the wait");
-    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
+    assert!(slowest < Duration::from_secs(3), "{slowest:?}");
     app.stop().await;
 }
 
