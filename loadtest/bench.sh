@@ -201,19 +201,22 @@ if want keys; then
   read -r RATIO KEYED UNKEYED KP50 KP99 UP50 UP99 < <(median_round "$WORK/keys-rounds.txt")
   # Every answer a 202 (chronolog's counters), and every keyed answer a key of
   # its own, stored with its record's place: at least as many completed keys
-  # as wrk counted answers. A run's end cuts off up to one request per
-  # connection: answered and stored but not counted by wrk, or dropped by
-  # chronolog with the connection, which leaves its key pending (claimed,
-  # not produced; a retry would produce it).
+  # as wrk counted answers (wrk does not count the answers to the requests in
+  # flight when a run ends). Counted once the server has stopped, when no
+  # request is in flight: counted before, those show as pending keys. A
+  # request dropped between claiming its key and storing its record's place
+  # would leave the key pending (claimed, not produced; a retry produces it):
+  # at most one per connection and run.
   read -r ACCEPTED NOT202 < <(answers 17190 '/api/v1/timestamp/{timestamp}' 202)
+  RSS+=("keys $(peak_rss_mb "$KEYS_PID") MiB")
+  stop_app "$KEYS_PID"
   read -r COMPLETED PENDING < <(psql -qtA -F ' ' "$KEYS_DB" -c "SELECT count(*) FILTER (WHERE completed_at IS NOT NULL), count(*) FILTER (WHERE completed_at IS NULL) FROM idempotency_keys WHERE key LIKE 'bench-%.%'")
   KEYED_ANSWERS=$(requests_of "$WORK"/wrk-keyed-*.txt)
   ((COMPLETED >= KEYED_ANSWERS && PENDING <= CONNECTIONS * ROUNDS)) \
     || die "the keys table holds $COMPLETED completed and $PENDING pending keys for $KEYED_ANSWERS keyed answers"
   WRK_ERRORS=$(cat "$WORK"/wrk-keyed-*.txt "$WORK"/wrk-unkeyed-*.txt | grep -c -E "Non-2xx|Socket errors" || true)
-  row "Idempotency-Key (POST, wrk)" "$KEYED req/s, a new key each" "no key: $UNKEYED req/s" "ratio $RATIO (median of $ROUNDS alternating rounds: $(ratios_of "$WORK/keys-rounds.txt")); p50/p99 keyed $KP50/$KP99, no key $UP50/$UP99; $ACCEPTED answers 202, others: $NOT202; $COMPLETED keys stored with their record ($PENDING left pending by requests cut off when a run ended) for $KEYED_ANSWERS keyed answers counted by wrk; wrk error lines: $WRK_ERRORS"
-  RSS+=("keys $(peak_rss_mb "$KEYS_PID") MiB")
-  stop_app "$KEYS_PID"
+  ((WRK_ERRORS == 0)) || log "  wrk: $(grep -h -E "Non-2xx|Socket errors" "$WORK"/wrk-keyed-*.txt "$WORK"/wrk-unkeyed-*.txt | paste -sd ';')"
+  row "Idempotency-Key (POST, wrk)" "$KEYED req/s, a new key each" "no key: $UNKEYED req/s" "ratio $RATIO (median of $ROUNDS alternating rounds: $(ratios_of "$WORK/keys-rounds.txt")); p50/p99 keyed $KP50/$KP99, no key $UP50/$UP99; $ACCEPTED answers 202, others: $NOT202; $COMPLETED keys stored with their record ($PENDING pending) for $KEYED_ANSWERS keyed answers counted by wrk; wrk error lines: $WRK_ERRORS"
 fi
 
 # copy_round: rows/s of raw COPY of the same rows into an identical empty table.
@@ -375,6 +378,7 @@ if want waiters; then
   # Every answer a 200: wrk's GETs and the waiters' (chronolog's counters).
   read -r FOUND NOT200 < <(answers 17380 '/api/v1/timestamp/{id}' 200)
   WRK_ERRORS=$(cat "$WORK"/wrk-get-*.txt | grep -c -E "Non-2xx|Socket errors" || true)
+  ((WRK_ERRORS == 0)) || log "  wrk: $(grep -h -E "Non-2xx|Socket errors" "$WORK"/wrk-get-*.txt | paste -sd ';')"
   row "Prefer: wait (GET of one record, wrk)" "$WAITING req/s, $WAITERS waiting" "no one waiting: $ALONE req/s" "ratio $RATIO (median of $ROUNDS alternating rounds: $(ratios_of "$WORK/waiters-rounds.txt")); p50/p99 with waiters $WP50/$WP99, without $AP50/$AP99; all $WAITERS held open for each whole run and answered 200 with Preference-Applied once their ids were put into the view; $FOUND answers 200, others: $NOT200; wrk error lines: $WRK_ERRORS"
   RSS+=("waiters $(peak_rss_mb "$WAIT_PID") MiB")
   stop_app "$WAIT_PID"
