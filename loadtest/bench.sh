@@ -6,8 +6,18 @@
 #   loadtest/bench.sh --broker HOST:PORT   # any broker (topics are created by chronolog)
 #   loadtest/bench.sh --records 50000 --duration 20s --rounds 3
 #   loadtest/bench.sh --smoke              # tiny and quick, debug build (CI keeps it working)
-#   loadtest/bench.sh --only sink,rebuild  # some phases: ingest, sink, e2e, rebuild
+#   loadtest/bench.sh --only sink,rebuild  # some phases: ingest, keys, sink, rebuild, e2e, waiters
 #   loadtest/bench.sh --only e2e --peak 75000   # e2e without measuring the peak first
+#
+# Phases, each against a baseline of the same run:
+#   ingest   POST (wrk) against GET /health on the command role; the k6 scenario
+#   keys     POST with a unique Idempotency-Key per request against POST without
+#            one (wrk, loadtest/keyed.lua), command role with its database
+#   sink     the consumer projecting N preloaded records against COPY of N rows
+#   rebuild  chronolog rebuild of those records against COPY
+#   e2e      POST → visible latency at 1/8, 1/4, 1/2 of the ingestion peak
+#   waiters  GET of one record (wrk) on the query role with 200 requests held
+#            open by Prefer: wait=30 (loadtest/waiters.py) against none
 #
 # PostgreSQL is started here unless BENCH_DATABASE_URL names a server's
 # maintenance database. Prints a Markdown table; see loadtest/RESULTS.md.
@@ -17,7 +27,7 @@ source "$(dirname "$0")/../scripts/lib.sh"
 cd "$CHRONOLOG_ROOT"
 
 RECORDS=200000 DURATION=10s BROKER=mock PROFILE=release CONNECTIONS=128 K6_RATE=2000 ROUNDS=5 E2E_MAX_RATE=1000000
-PHASES=ingest,sink,e2e,rebuild PEAK=""
+PHASES=ingest,keys,sink,rebuild,e2e,waiters PEAK="" WAITERS=200
 while (($#)); do
   case $1 in
     --smoke) RECORDS=2000 DURATION=2s PROFILE=dev CONNECTIONS=16 K6_RATE=100 ROUNDS=1 E2E_MAX_RATE=300 ;;
@@ -35,8 +45,11 @@ done
 
 want() { [[ ",$PHASES," == *",$1,"* ]]; }
 for phase in ${PHASES//,/ }; do
-  case $phase in ingest | sink | e2e | rebuild) ;; *) die "unknown phase $phase (ingest, sink, e2e, rebuild)" ;; esac
+  case $phase in ingest | keys | sink | rebuild | e2e | waiters) ;; *) die "unknown phase $phase (ingest, keys, sink, rebuild, e2e, waiters)" ;; esac
 done
+if want waiters && [[ ! $DURATION =~ ^[0-9]+s$ || ${DURATION%s} -ge 25 ]]; then
+  die "the waiters phase holds its requests for one round of at most 30 s: give --duration in seconds, under 25s"
+fi
 if want e2e && ! want ingest && [[ -z $PEAK ]]; then
   die "the e2e phase runs at fractions of the ingestion peak: add ingest to --only, or give --peak REQUESTS_PER_SECOND"
 fi
@@ -68,10 +81,10 @@ migrated_db() { local db; db=$(fresh_db "$1"); "$BIN" migrate --database-url "$d
 drop_db() { psql_admin "DROP DATABASE ${1##*/}" >/dev/null; }
 
 RUN=$(date +%s)
-T_INGEST="bench-ingest-$RUN" T_SINK="bench-sink-$RUN" T_E2E="bench-e2e-$RUN"
+T_INGEST="bench-ingest-$RUN" T_SINK="bench-sink-$RUN" T_E2E="bench-e2e-$RUN" T_KEYS="bench-keys-$RUN" T_WAIT="bench-waiters-$RUN"
 case $BROKER in
   # 8 partitions: the mock keeps 5 MiB per partition and drops older records.
-  mock) start_mock_broker "$TOOL" "$WORK" 8 "$T_INGEST" "$T_SINK" "$T_E2E" ;;
+  mock) start_mock_broker "$TOOL" "$WORK" 8 "$T_INGEST" "$T_SINK" "$T_E2E" "$T_KEYS" "$T_WAIT" ;;
   tansu) start_tansu "$WORK" ;;
   *) export KAFKA_BROKERS=$BROKER ;;
 esac
@@ -91,6 +104,15 @@ peak_rss_mb() { { cat "/proc/$1/status" 2>/dev/null || true; } | awk '/VmHWM/ {k
 stop_app() { kill -TERM "$1"; wait "$1" 2>/dev/null || true; }
 wrk_field() { awk -v k="$2" '$1==k {print $2}' "$1"; }
 rate_of() { awk '/Requests\/sec/ {printf "%.0f", $2}' "$1"; }
+# requests_of FILE...: the answers wrk counted in all its runs.
+requests_of() { awk '/ requests in / {n += $1} END {printf "%d", n}' "$@"; }
+# answers PORT ROUTE STATUS: "MATCHING OTHERS", chronolog's own count of the
+# answers on ROUTE (its route label) with STATUS and with any other status.
+answers() {
+  curl -sf "http://127.0.0.1:$1/metrics" | awk -v route="route=\"$2\"" -v status="status=\"$3\"" '
+    /^chronolog_http_requests_total\{/ && index($0, route) { if (index($0, status)) hit += $2; else rest += $2 }
+    END { printf "%d %d\n", hit, rest }'
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 # wait_rows URL N: seconds (fractional) from now until the view holds N rows,
 # and from the first row to N rows.
@@ -137,8 +159,7 @@ if want ingest; then
   read -r RATIO PEAK HEALTH P50 P99 < <(median_round "$WORK/ingest-rounds.txt")
   # Every answer a 202: chronolog's own counters of the POST route, and wrk's
   # count of non-2xx answers and socket errors.
-  NOT202=$(curl -sf http://127.0.0.1:17180/metrics | awk '/^chronolog_http_requests_total\{.*route="\/api\/v1\/timestamp\/\{timestamp\}"/ && !/status="202"/ {n += $2} END {print n + 0}')
-  ACCEPTED=$(curl -sf http://127.0.0.1:17180/metrics | awk '/^chronolog_http_requests_total\{.*route="\/api\/v1\/timestamp\/\{timestamp\}".*status="202"/ {n += $2} END {printf "%d", n}')
+  read -r ACCEPTED NOT202 < <(answers 17180 '/api/v1/timestamp/{timestamp}' 202)
   WRK_ERRORS=$(cat "$WORK"/wrk-post-*.txt | grep -c -E "Non-2xx|Socket errors" || true)
   row "Ingestion peak (POST, wrk)" "$PEAK req/s" "GET /health: $HEALTH req/s" "ratio $RATIO (median of $ROUNDS alternating rounds: $(ratios_of "$WORK/ingest-rounds.txt")); p50 $P50 p99 $P99; $ACCEPTED answers 202, others: $NOT202; wrk error lines: $WRK_ERRORS"
 
@@ -157,6 +178,45 @@ PY
   row "Ingestion scenario (k6)" "$K6_RATE req/s offered" "thresholds: exit $K6_STATUS" "$K6_FIGURES"
   RSS+=("ingest $(peak_rss_mb "$CMD_PID") MiB")
   stop_app "$CMD_PID"
+fi
+
+if want keys; then
+  log "cost of Idempotency-Key (wrk, $CONNECTIONS connections, $ROUNDS rounds of $DURATION each for POST without and with a unique key per request)"
+  KEYS_DB=$(migrated_db keys)
+  start_role keys --role command --command-addr 127.0.0.1:17190 --kafka-topic "$T_KEYS" --database-url "$KEYS_DB"
+  KEYS_PID=$APP_PID
+  wait_http http://127.0.0.1:17190/health
+  curl -sf -X POST http://127.0.0.1:17190/api/v1/timestamp >/dev/null  # the producer's first record waits ~1 s for its id
+  curl -sf -X POST -H "Idempotency-Key: bench-warm-up" http://127.0.0.1:17190/api/v1/timestamp >/dev/null  # the key store's pool
+  # Both runs go through keyed.lua's request(), so that wrk's own work per
+  # request is the same; only the header differs.
+  : >"$WORK/keys-rounds.txt"
+  for ((round = 1; round <= ROUNDS; round++)); do
+    wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s loadtest/keyed.lua http://127.0.0.1:17190 -- "$round" unkeyed >"$WORK/wrk-unkeyed-$round.txt"
+    wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s loadtest/keyed.lua http://127.0.0.1:17190 -- "$round" keyed >"$WORK/wrk-keyed-$round.txt"
+    u=$(rate_of "$WORK/wrk-unkeyed-$round.txt") k=$(rate_of "$WORK/wrk-keyed-$round.txt")
+    echo "$(ratio "$k" "$u") $k $u $(wrk_field "$WORK/wrk-keyed-$round.txt" 50%) $(wrk_field "$WORK/wrk-keyed-$round.txt" 99%) $(wrk_field "$WORK/wrk-unkeyed-$round.txt" 50%) $(wrk_field "$WORK/wrk-unkeyed-$round.txt" 99%)" >>"$WORK/keys-rounds.txt"
+    log "  round $round: no key $u req/s, unique key $k req/s, ratio $(ratio "$k" "$u")"
+  done
+  read -r RATIO KEYED UNKEYED KP50 KP99 UP50 UP99 < <(median_round "$WORK/keys-rounds.txt")
+  # Every answer a 202 (chronolog's counters), and every keyed answer a key of
+  # its own, stored with its record's place: at least as many completed keys
+  # as wrk counted answers (wrk does not count the answers to the requests in
+  # flight when a run ends). Counted once the server has stopped, when no
+  # request is in flight: counted before, those show as pending keys. A
+  # request dropped between claiming its key and storing its record's place
+  # would leave the key pending (claimed, not produced; a retry produces it):
+  # at most one per connection and run.
+  read -r ACCEPTED NOT202 < <(answers 17190 '/api/v1/timestamp/{timestamp}' 202)
+  RSS+=("keys $(peak_rss_mb "$KEYS_PID") MiB")
+  stop_app "$KEYS_PID"
+  read -r COMPLETED PENDING < <(psql -qtA -F ' ' "$KEYS_DB" -c "SELECT count(*) FILTER (WHERE completed_at IS NOT NULL), count(*) FILTER (WHERE completed_at IS NULL) FROM idempotency_keys WHERE key LIKE 'bench-%.%'")
+  KEYED_ANSWERS=$(requests_of "$WORK"/wrk-keyed-*.txt)
+  ((COMPLETED >= KEYED_ANSWERS && PENDING <= CONNECTIONS * ROUNDS)) \
+    || die "the keys table holds $COMPLETED completed and $PENDING pending keys for $KEYED_ANSWERS keyed answers"
+  WRK_ERRORS=$(cat "$WORK"/wrk-keyed-*.txt "$WORK"/wrk-unkeyed-*.txt | grep -c -E "Non-2xx|Socket errors" || true)
+  ((WRK_ERRORS == 0)) || log "  wrk: $(grep -h -E "Non-2xx|Socket errors" "$WORK"/wrk-keyed-*.txt "$WORK"/wrk-unkeyed-*.txt | paste -sd ';')"
+  row "Idempotency-Key (POST, wrk)" "$KEYED req/s, a new key each" "no key: $UNKEYED req/s" "ratio $RATIO (median of $ROUNDS alternating rounds: $(ratios_of "$WORK/keys-rounds.txt")); p50/p99 keyed $KP50/$KP99, no key $UP50/$UP99; $ACCEPTED answers 202, others: $NOT202; $COMPLETED keys stored with their record ($PENDING pending) for $KEYED_ANSWERS keyed answers counted by wrk; wrk error lines: $WRK_ERRORS"
 fi
 
 # copy_round: rows/s of raw COPY of the same rows into an identical empty table.
@@ -278,6 +338,50 @@ if want e2e; then
   done
   RSS+=("e2e $(peak_rss_mb "$E2E_PID") MiB")
   stop_app "$E2E_PID"
+fi
+if want waiters; then
+  log "cost of Prefer: wait (wrk GET of one record, $CONNECTIONS connections, $ROUNDS rounds of $DURATION each without and with $WAITERS requests waiting)"
+  WAIT_DB=$(fresh_db waiters)
+  "$TOOL" preload "$KAFKA_BROKERS" "$T_WAIT" 1 >/dev/null
+  start_role waiters --role query --role consumer --query-addr 127.0.0.1:17380 --kafka-topic "$T_WAIT" --kafka-group-id "waiters-$RUN" --database-url "$WAIT_DB"
+  WAIT_PID=$APP_PID
+  wait_http http://127.0.0.1:17380/health
+  wait_rows "$WAIT_DB" 1 >/dev/null
+  RECORD_URL=http://127.0.0.1:17380/api/v1/timestamp/$(psql -qtA "$WAIT_DB" -c "SELECT id FROM timestamp_records")
+  curl -sf "$RECORD_URL" >/dev/null
+  # Connections the query API holds open (its side of them).
+  held_open() { ss -tnH state established "( sport = :17380 )" | wc -l; }
+  : >"$WORK/waiters-rounds.txt"
+  for ((round = 1; round <= ROUNDS; round++)); do
+    wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "$RECORD_URL" >"$WORK/wrk-get-alone-$round.txt"
+    # WAITERS requests wait for ids the view does not hold, for the whole run;
+    # then their ids are put into the view, and each must be answered 200 with
+    # Preference-Applied: wait=30, which only a request that waited gets.
+    python3 loadtest/waiters.py 127.0.0.1 17380 "$WAITERS" "$WORK/waiter-ids-$round.txt" >"$WORK/waiters-$round.txt" &
+    waiters_pid=$!
+    PIDS+=("$waiters_pid")
+    until grep -q '^sent' "$WORK/waiters-$round.txt"; do kill -0 "$waiters_pid" || die "waiters.py exited"; sleep 0.05; done
+    before=$(held_open)
+    wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "$RECORD_URL" >"$WORK/wrk-get-waiting-$round.txt"
+    after=$(held_open)
+    awk '{print $1 ",2009-09-28 19:03:12+00,2026-01-01 00:00:00+00"}' "$WORK/waiter-ids-$round.txt" >"$WORK/waiter-rows.csv"
+    psql -q "$WAIT_DB" -c "\\copy timestamp_records FROM '$WORK/waiter-rows.csv' CSV"
+    wait "$waiters_pid" || die "waiters.py failed"
+    summary=$(tail -1 "$WORK/waiters-$round.txt")
+    [[ $before == "$WAITERS" && $after == "$WAITERS" && $summary == "answered=$WAITERS waited=$WAITERS "* ]] \
+      || die "round $round: $before connections held open before the run, $after after it, waiters: $summary"
+    a=$(rate_of "$WORK/wrk-get-alone-$round.txt") w=$(rate_of "$WORK/wrk-get-waiting-$round.txt")
+    echo "$(ratio "$w" "$a") $w $a $(wrk_field "$WORK/wrk-get-waiting-$round.txt" 50%) $(wrk_field "$WORK/wrk-get-waiting-$round.txt" 99%) $(wrk_field "$WORK/wrk-get-alone-$round.txt" 50%) $(wrk_field "$WORK/wrk-get-alone-$round.txt" 99%)" >>"$WORK/waiters-rounds.txt"
+    log "  round $round: GET alone $a req/s, with $WAITERS waiting $w req/s, ratio $(ratio "$w" "$a"); waiters: $summary"
+  done
+  read -r RATIO WAITING ALONE WP50 WP99 AP50 AP99 < <(median_round "$WORK/waiters-rounds.txt")
+  # Every answer a 200: wrk's GETs and the waiters' (chronolog's counters).
+  read -r FOUND NOT200 < <(answers 17380 '/api/v1/timestamp/{id}' 200)
+  WRK_ERRORS=$(cat "$WORK"/wrk-get-*.txt | grep -c -E "Non-2xx|Socket errors" || true)
+  ((WRK_ERRORS == 0)) || log "  wrk: $(grep -h -E "Non-2xx|Socket errors" "$WORK"/wrk-get-*.txt | paste -sd ';')"
+  row "Prefer: wait (GET of one record, wrk)" "$WAITING req/s, $WAITERS waiting" "no one waiting: $ALONE req/s" "ratio $RATIO (median of $ROUNDS alternating rounds: $(ratios_of "$WORK/waiters-rounds.txt")); p50/p99 with waiters $WP50/$WP99, without $AP50/$AP99; all $WAITERS held open for each whole run and answered 200 with Preference-Applied once their ids were put into the view; $FOUND answers 200, others: $NOT200; wrk error lines: $WRK_ERRORS"
+  RSS+=("waiters $(peak_rss_mb "$WAIT_PID") MiB")
+  stop_app "$WAIT_PID"
 fi
 row "Peak RSS of chronolog" "$(IFS=,; echo "${RSS[*]}" | sed 's/,/, /g')" "" ""
 
