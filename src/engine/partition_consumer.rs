@@ -42,6 +42,7 @@ use tracing::Instrument;
 
 use crate::actors::db_writer::{DbWriter, LoadOffsets, WriteBatch};
 use crate::actors::producer::{KafkaProducer, PublishDeadLetter};
+use crate::db::DbError;
 use crate::db::models::ProjectedRecord;
 use crate::db::queries::PartitionKey;
 use crate::engine::group::{GroupConsumer, PartitionQueue};
@@ -489,13 +490,21 @@ impl PartitionRun {
         let committed = self
             .retry("write batch", stop, || {
                 let writer = self.deps.writer.clone();
-                let msg = write();
+                let write = &write;
                 async move {
-                    writer
-                        .send(msg)
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|e| e.to_string())
+                    // A busy pool (every connection in use, more partitions
+                    // than connections) is a queue, not a failure: wait for
+                    // a connection again without showing the partition as
+                    // blocked, unless the partition is being given up.
+                    loop {
+                        match writer.send(write()).await {
+                            Ok(Err(DbError::PoolBusy)) if !*stop.borrow() => {
+                                tracing::debug!("every database connection is busy; waiting again");
+                            }
+                            Ok(result) => return result.map_err(|e| e.to_string()),
+                            Err(e) => return Err(e.to_string()),
+                        }
+                    }
                 }
             })
             .await?;

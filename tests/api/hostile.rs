@@ -604,6 +604,15 @@ async fn a_busy_pool_is_not_a_lost_connection() {
         (failed() > 0).then_some(())
     })
     .await;
+    let blocked: i64 = (0..3)
+        .map(|p| {
+            app.metrics()
+                .partition_blocked
+                .with_label_values(&[&topic, &p.to_string()])
+                .get()
+        })
+        .sum();
+    assert_eq!(blocked, 0, "waiting for a connection is not being blocked");
     diesel::sql_query("COMMIT")
         .execute(&mut locker)
         .await
