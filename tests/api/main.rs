@@ -4,6 +4,7 @@
 // A failed expectation in a test is a panic by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod accounts;
 mod binary;
 mod command;
 mod compat;
