@@ -267,6 +267,53 @@ async fn the_correlation_id_of_the_request_is_a_header_of_its_event() {
     app.stop().await;
 }
 
+/// A `chronolog serve --role command` process with `settings`' database,
+/// broker and topics, logging JSON at `level` into `log_path`; answers it
+/// and the address its command API listens on.
+pub async fn spawn_command_binary(
+    settings: &Settings,
+    log_path: &std::path::Path,
+    level: &str,
+) -> (ChildProcess, String) {
+    let log = std::fs::File::create(log_path).unwrap();
+    let child = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--role",
+            "command",
+            "--command-addr",
+            "127.0.0.1:0",
+        ])
+        .env("DATABASE_URL", settings.database_url.expose())
+        .env("KAFKA_BROKERS", &settings.kafka_brokers)
+        .env("KAFKA_TOPIC", &settings.kafka_topic)
+        .env("KAFKA_TOPIC_RETENTION_MS", i64::MAX.to_string())
+        .env("OUTBOX_TOPIC_PREFIX", &settings.outbox_topic_prefix)
+        .env("OUTBOX_POLL_INTERVAL", "10ms")
+        .env("LOG_FORMAT", "json")
+        .env("LOG_LEVEL", level)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let child = ChildProcess::new(child);
+    let command = eventually("the binary listens", || async {
+        let mut text = String::new();
+        std::fs::File::open(log_path)
+            .ok()?
+            .read_to_string(&mut text)
+            .ok()?;
+        text.lines().find_map(|line| {
+            let line: Value = serde_json::from_str(line).ok()?;
+            (line["message"] == "listening" && line["server"] == "command")
+                .then(|| line["addr"].as_str().map(str::to_owned))
+                .flatten()
+        })
+    })
+    .await;
+    (child, command)
+}
+
 /// Every spelling of the full number that must never be seen.
 const FULL_NUMBERS: [&str; 3] = ["4916-6734-7572-5015", "4916673475725015", "491667347572"];
 
@@ -285,42 +332,8 @@ async fn a_full_card_number_is_in_no_table_no_event_and_no_log_line() {
     let settings = shop_settings(&database_url);
     let log_path =
         std::env::temp_dir().join(format!("chronolog-cards-{}.log", uuid::Uuid::new_v4()));
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = std::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--role",
-            "command",
-            "--command-addr",
-            "127.0.0.1:0",
-        ])
-        .env("DATABASE_URL", &database_url)
-        .env("KAFKA_BROKERS", &settings.kafka_brokers)
-        .env("KAFKA_TOPIC", &settings.kafka_topic)
-        .env("KAFKA_TOPIC_RETENTION_MS", i64::MAX.to_string())
-        .env("OUTBOX_TOPIC_PREFIX", &settings.outbox_topic_prefix)
-        .env("LOG_FORMAT", "json")
-        // Every log line chronolog writes, its dependencies' included.
-        .env("LOG_LEVEL", "debug")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut child = ChildProcess::new(child);
-    let command = eventually("the binary listens", || async {
-        let mut text = String::new();
-        std::fs::File::open(&log_path)
-            .ok()?
-            .read_to_string(&mut text)
-            .ok()?;
-        text.lines().find_map(|line| {
-            let line: Value = serde_json::from_str(line).ok()?;
-            (line["message"] == "listening" && line["server"] == "command")
-                .then(|| line["addr"].as_str().map(str::to_owned))
-                .flatten()
-        })
-    })
-    .await;
+    // Every log line chronolog writes at debug, its dependencies' included.
+    let (mut child, command) = spawn_command_binary(&settings, &log_path, "debug").await;
     let http = reqwest::Client::new();
     let base = format!("http://{command}");
     let mut spaced = john(4242);

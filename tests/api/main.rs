@@ -13,6 +13,7 @@ mod helpers;
 mod http_edges;
 mod idempotency;
 mod ops;
+mod outbox;
 mod pipeline;
 mod query;
 mod recovery;
