@@ -19,5 +19,6 @@ mod query;
 mod recovery;
 mod secrets;
 mod secure_rig;
+mod shop;
 mod tls;
 mod writer;
