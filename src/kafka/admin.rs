@@ -89,8 +89,16 @@ pub async fn ensure_named_topics(
         .create_with_context(TracingContext)
         .map_err(AdminError::Client)?;
     let mut report = TopicReport::default();
-    for topic in topics.iter().cloned() {
-        let retention = match ensure_topic(settings, &admin, &topic).await? {
+    // Concurrently: a broker that does not answer CreateTopics (the mock
+    // cluster) costs one timeout, not one per topic.
+    let created = futures::future::join_all(
+        topics
+            .iter()
+            .map(|topic| async { (topic.clone(), ensure_topic(settings, &admin, topic).await) }),
+    )
+    .await;
+    for (topic, created) in created {
+        let retention = match created? {
             Created::Now => Some(finite_retention(
                 Some(&settings.kafka_topic_retention_ms.to_string()),
                 Some("-1"),

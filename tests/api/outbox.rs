@@ -299,3 +299,41 @@ async fn published_events_are_removed_after_the_retention_and_lag_is_a_metric() 
     }
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn accounts_and_shop_in_databases_of_their_own_each_get_a_relay() {
+    let main = create_database().await;
+    let (accounts, shop) = (create_database().await, create_database().await);
+    let mut settings = shop_settings(&main);
+    settings.accounts_database_url = Some(accounts.parse().unwrap());
+    settings.shop_database_url = Some(shop.parse().unwrap());
+    let app = TestApp::spawn_with(settings, &[Role::Command]).await;
+    assert_eq!(
+        post(&app, "/accounts/customer/create", john(8))
+            .await
+            .status,
+        200
+    );
+    let product = crate::shop::product(&app, "Lamp", json!("5.00"), 1).await;
+
+    let customers = topic(&app.settings, "accounts.customer.change");
+    assert_eq!(events(&customers, "8", 1).await.len(), 1);
+    let products = topic(&app.settings, "shop.product.v1");
+    assert_eq!(events(&products, &product, 1).await.len(), 1);
+    for (database, customers, products) in [(&accounts, 1, 0), (&shop, 0, 1)] {
+        let rows = (
+            count(database, "SELECT count(*) AS n FROM accounts.customers").await,
+            count(database, "SELECT count(*) AS n FROM shop.products").await,
+            count(database, "SELECT count(*) AS n FROM outbox.events").await,
+        );
+        assert_eq!(rows, (customers, products, 1));
+    }
+    let relays = |name: &str| {
+        app.metrics()
+            .outbox_relay_active
+            .with_label_values(&[name])
+            .get()
+    };
+    assert_eq!((relays("accounts"), relays("shop")), (1, 1));
+    app.stop().await;
+}
