@@ -290,6 +290,7 @@ pub async fn spawn_command_binary(
         .env("KAFKA_TOPIC_RETENTION_MS", i64::MAX.to_string())
         .env("OUTBOX_TOPIC_PREFIX", &settings.outbox_topic_prefix)
         .env("OUTBOX_POLL_INTERVAL", "10ms")
+        .env("OUTBOX_BATCH_SIZE", settings.outbox_batch_size.to_string())
         .env("LOG_FORMAT", "json")
         .env("LOG_LEVEL", level)
         .stdout(log.try_clone().unwrap())

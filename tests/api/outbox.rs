@@ -177,7 +177,9 @@ async fn one_relay_publishes_among_processes_and_another_takes_over_when_it_stop
 #[actix_rt::test]
 async fn a_relay_killed_mid_publish_loses_nothing_and_another_process_takes_over() {
     let database_url = create_database().await;
-    let settings = shop_settings(&database_url);
+    let mut settings = shop_settings(&database_url);
+    // One event per round: the relay is still publishing when it is killed.
+    settings.outbox_batch_size = 1;
     let log_path =
         std::env::temp_dir().join(format!("chronolog-relay-{}.log", uuid::Uuid::new_v4()));
     let (mut killed, command) = spawn_command_binary(&settings, &log_path, "info").await;
@@ -217,6 +219,15 @@ async fn a_relay_killed_mid_publish_loses_nothing_and_another_process_takes_over
     // Killed while its relay is publishing what was just committed.
     killed.kill();
     let _ = std::fs::remove_file(&log_path);
+    let left = count(
+        &database_url,
+        "SELECT count(*) AS n FROM outbox.events WHERE published_at IS NULL",
+    )
+    .await;
+    assert!(
+        left > 0,
+        "the relay had published everything before the kill"
+    );
 
     eventually("the standby to take over", || async {
         (active(&standby) == 1).then_some(())
@@ -246,6 +257,8 @@ async fn a_relay_killed_mid_publish_loses_nothing_and_another_process_takes_over
         assert!(copies.iter().all(|c| c == &copies[0]), "{key}: {copies:?}");
         assert_eq!(copies[0]["aggregateVersion"], 1);
     }
+    // The standby published at least what the killed relay had not marked.
+    assert!(published(&standby) >= left as u64);
     eventually("every event marked published", || async {
         let left = count(
             &database_url,
