@@ -173,9 +173,9 @@ pub struct Settings {
     #[arg(long, env = "OUTBOX_RETENTION", value_name = "OUTBOX_RETENTION", default_value = "24h", value_parser = duration)]
     pub outbox_retention: Duration,
 
-    /// How often the outbox relay looks for committed events when the last
-    /// look found none.
-    #[arg(long, env = "OUTBOX_POLL_INTERVAL", value_name = "OUTBOX_POLL_INTERVAL", default_value = "20ms", value_parser = duration)]
+    /// How often the outbox relay looks for committed events when no commit
+    /// woke it (it is woken by each transaction that writes events).
+    #[arg(long, env = "OUTBOX_POLL_INTERVAL", value_name = "OUTBOX_POLL_INTERVAL", default_value = "1s", value_parser = duration)]
     pub outbox_poll_interval: Duration,
 
     /// Most outbox events the relay publishes in one round.

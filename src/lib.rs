@@ -5,6 +5,12 @@
 //! ([`kafka::group`]) projects the log into PostgreSQL ([`db`]) through
 //! partition consumers and a DB writer ([`actors`]). Queries read that view
 //! ([`http::query`]). [`startup::Application`] wires the roles together.
+//!
+//! Beside the timestamp service, the command role serves two bounded
+//! contexts on PostgreSQL command sides: [`accounts`] (customers) and
+//! [`shop`] (products, orders, shop's copy of the customers). Their commands
+//! write their events into a transactional [`outbox`], which the outbox
+//! relay ([`actors::outbox_relay`]) publishes to Kafka.
 
 pub mod accounts;
 pub mod actors;

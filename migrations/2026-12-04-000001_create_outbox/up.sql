@@ -40,6 +40,20 @@ CREATE INDEX outbox_events_unpublished ON outbox.events (id) WHERE published_at 
 -- The clean-up of published events.
 CREATE INDEX outbox_events_published_at ON outbox.events (published_at) WHERE published_at IS NOT NULL;
 
+-- Wakes the active relay (LISTEN outbox_events) when a transaction that
+-- wrote events commits; PostgreSQL delivers the notification only then, and
+-- only once per transaction. A relay that misses one finds the events at its
+-- next poll (OUTBOX_POLL_INTERVAL) anyway.
+CREATE FUNCTION outbox.notify_relay() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('outbox_events', '');
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER outbox_events_notify_relay AFTER INSERT ON outbox.events
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox.notify_relay();
+
 -- The last version of each aggregate that the relay has published. An event
 -- is published only when it is the next version, so an aggregate's events
 -- reach the topic in version (that is, commit) order even when a later

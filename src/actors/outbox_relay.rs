@@ -15,6 +15,10 @@
 //!   that keeps that order. When a delivery fails, the aggregate's later
 //!   events of the round are not marked either, and are sent again after it.
 //! * Published events are deleted once older than `OUTBOX_RETENTION`.
+//! * **Woken by commits**: the active relay listens on [`CHANNEL`], which a
+//!   trigger on the outbox notifies when a transaction that wrote events
+//!   commits; it looks anyway every `OUTBOX_POLL_INTERVAL`, so that a lost
+//!   notification only delays an event.
 //!
 //! The actor only owns the loop; [`run`] is a plain async function.
 
@@ -38,6 +42,8 @@ use crate::outbox::{self, Aggregate, Pending};
 pub const RELAY_LOCK: i64 = 0x6f75_7462_6f78;
 /// How often a standing-by relay tries to become the active one.
 pub const STANDBY_RETRY: Duration = Duration::from_millis(500);
+/// The channel the outbox's trigger notifies when events commit.
+pub const CHANNEL: &str = "outbox_events";
 /// The header that carries the event type.
 pub const EVENT_TYPE_HEADER: &str = "eventType";
 
@@ -133,6 +139,13 @@ pub async fn run(config: RelayConfig, metrics: Arc<Metrics>) {
         if !wait_for_lock(&mut conn, name).await {
             continue;
         }
+        if let Err(error) = diesel::sql_query(format!("LISTEN {CHANNEL}"))
+            .execute(&mut conn)
+            .await
+        {
+            tracing::warn!(relay = name, %error, "outbox relay cannot listen for commits; starting over");
+            continue;
+        }
         active.set(1);
         tracing::info!(relay = name, "outbox relay active");
         let mut purged = Instant::now();
@@ -147,7 +160,7 @@ pub async fn run(config: RelayConfig, metrics: Arc<Metrics>) {
                     lag.set(age);
                     let batch = config.settings.outbox_batch_size as usize;
                     if read < batch || progress == 0 {
-                        tokio::time::sleep(config.settings.outbox_poll_interval).await;
+                        wait_for_commits(&mut conn, config.settings.outbox_poll_interval).await;
                     }
                 }
                 Err(error) => {
@@ -169,6 +182,16 @@ pub async fn run(config: RelayConfig, metrics: Arc<Metrics>) {
                 }
             }
         }
+    }
+}
+
+/// Waits until a transaction that wrote events commits, or `poll` has passed.
+async fn wait_for_commits(conn: &mut AsyncPgConnection, poll: Duration) {
+    use futures::{FutureExt, StreamExt};
+    let mut notifications = std::pin::pin!(conn.notifications_stream());
+    if let Ok(Some(_)) = tokio::time::timeout(poll, notifications.next()).await {
+        // Commits that arrived together wake one round.
+        while let Some(Some(_)) = notifications.next().now_or_never() {}
     }
 }
 
@@ -254,10 +277,17 @@ async fn round(
     .await;
     let mut failed: HashSet<(&str, &str)> = HashSet::new();
     let mut done: Vec<&Pending> = plan.already_published.iter().collect();
-    for (event, delivered) in plan.publish.iter().zip(results) {
+    // Records never handed over (after a refusal) count as failed too.
+    let mut results = results.into_iter();
+    for event in &plan.publish {
+        let delivered = results.next().unwrap_or(false);
         let key = (event.aggregate_type.as_str(), event.aggregate_id.as_str());
         if delivered && !failed.contains(&key) {
             done.push(event);
+            metrics
+                .outbox_events_published
+                .with_label_values(&[event.aggregate_type.as_str()])
+                .inc();
         } else {
             failed.insert(key);
         }
@@ -270,12 +300,6 @@ async fn round(
         );
     }
     outbox::mark_published(conn, &done).await?;
-    for event in &done {
-        metrics
-            .outbox_events_published
-            .with_label_values(&[event.aggregate_type.as_str()])
-            .inc();
-    }
     Ok(Round {
         read,
         progress: done.len(),

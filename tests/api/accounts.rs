@@ -3,7 +3,6 @@
 //! with their card numbers masked everywhere.
 
 use std::io::Read;
-use std::time::Duration;
 
 use chronolog::config::{Role, Settings};
 use diesel::QueryableByName;
@@ -25,7 +24,6 @@ pub async fn shop_app() -> TestApp {
 pub fn shop_settings(database_url: &str) -> Settings {
     let mut settings = settings(database_url);
     settings.outbox_topic_prefix = format!("{}.", settings.kafka_topic);
-    settings.outbox_poll_interval = Duration::from_millis(10);
     settings
 }
 
@@ -289,7 +287,6 @@ pub async fn spawn_command_binary(
         .env("KAFKA_TOPIC", &settings.kafka_topic)
         .env("KAFKA_TOPIC_RETENTION_MS", i64::MAX.to_string())
         .env("OUTBOX_TOPIC_PREFIX", &settings.outbox_topic_prefix)
-        .env("OUTBOX_POLL_INTERVAL", "10ms")
         .env("OUTBOX_BATCH_SIZE", settings.outbox_batch_size.to_string())
         .env("LOG_FORMAT", "json")
         .env("LOG_LEVEL", level)

@@ -350,3 +350,26 @@ async fn accounts_and_shop_in_databases_of_their_own_each_get_a_relay() {
     assert_eq!((relays("accounts"), relays("shop")), (1, 1));
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn the_relay_is_woken_by_each_commit_not_by_its_poll() {
+    let mut settings = shop_settings(&create_database().await);
+    // Only a notification can wake the relay within the test's deadline.
+    settings.outbox_poll_interval = Duration::from_secs(3600);
+    let app = TestApp::spawn_with(settings, &[Role::Command]).await;
+    eventually("the relay to be active", || async {
+        (active(&app) == 1).then_some(())
+    })
+    .await;
+    let customers = topic(&app.settings, "accounts.customer.change");
+    for id in [61, 62, 63] {
+        assert_eq!(
+            post(&app, "/accounts/customer/create", john(id))
+                .await
+                .status,
+            200
+        );
+        assert_eq!(events(&customers, &id.to_string(), 1).await.len(), 1);
+    }
+    app.stop().await;
+}
