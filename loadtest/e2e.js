@@ -27,12 +27,19 @@ export const options = {
       maxVUs: SMOKE ? 50 : Math.max(100, RATE * 5),
     },
   },
-  thresholds: {
-    visible: ['rate>0.999'],
-    visible_latency: ['p(99)<2000'],
-    'http_req_failed{name:post}': ['rate<0.001'],
-    'http_req_duration{name:post}': ['p(99)<500'],
-  },
+  // The smoke run (the test suite, a debug build on a shared machine) checks
+  // that every command becomes visible; latency is judged on real runs.
+  thresholds: SMOKE
+    ? {
+        visible: ['rate>0.999'],
+        'http_req_failed{name:post}': ['rate<0.001'],
+      }
+    : {
+        visible: ['rate>0.999'],
+        visible_latency: ['p(99)<2000'],
+        'http_req_failed{name:post}': ['rate<0.001'],
+        'http_req_duration{name:post}': ['p(99)<500'],
+      },
 };
 
 // The first record after a producer starts waits ~1 s for librdkafka's

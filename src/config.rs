@@ -231,6 +231,12 @@ pub struct Settings {
     #[arg(long, env = "DRAIN_TIMEOUT", value_name = "DRAIN_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub drain_timeout: Duration,
 
+    /// Fault injection for the recovery tests: `PARTITION:OFFSET` makes the
+    /// partition worker panic once when it reads that record. Unset in
+    /// production.
+    #[arg(long, env = "CHRONOLOG_FAULT_PANIC_AT", value_name = "PARTITION:OFFSET", value_parser = fault_point, hide = true)]
+    pub fault_panic_at: Option<(i32, i64)>,
+
     /// How long the command side remembers an `Idempotency-Key`: a retry
     /// within this time gets the first answer's id.
     #[arg(long, env = "IDEMPOTENCY_KEY_TTL", value_name = "IDEMPOTENCY_KEY_TTL", default_value = "24h", value_parser = duration)]
@@ -460,15 +466,6 @@ pub enum Role {
 impl Role {
     /// Every role, as `serve` runs by default.
     pub const ALL: [Role; 3] = [Role::Command, Role::Consumer, Role::Query];
-
-    /// The role's name as used in flags, logs and readiness reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Command => "command",
-            Role::Consumer => "consumer",
-            Role::Query => "query",
-        }
-    }
 }
 
 impl Settings {
@@ -571,6 +568,16 @@ fn ca_location(value: &str) -> Result<PathBuf, String> {
 
 fn duration_or_zero(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value).map_err(|e| format!("{e} (examples: 0ms, 500us, 5ms)"))
+}
+
+fn fault_point(value: &str) -> Result<(i32, i64), String> {
+    let (partition, offset) = value
+        .split_once(':')
+        .ok_or_else(|| format!("expected PARTITION:OFFSET, got '{value}'"))?;
+    Ok((
+        partition.parse().map_err(|e| format!("partition: {e}"))?,
+        offset.parse().map_err(|e| format!("offset: {e}"))?,
+    ))
 }
 
 fn duration(value: &str) -> Result<Duration, String> {

@@ -57,11 +57,50 @@ enum Command {
         #[arg(long)]
         allow_partial: bool,
     },
+    /// Operator commands on the view's stored offsets.
+    Offsets {
+        #[command(subcommand)]
+        action: OffsetsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OffsetsCommand {
+    /// Moves the view's stored offset of --topic's partitions (all, or those
+    /// given with --partition) to the log's start: what a partition stopped
+    /// because the log lost what the view holds (a recreated topic, a broker
+    /// that lost records) needs to resume.
+    Reset {
+        #[command(flatten)]
+        settings: Settings,
+        /// The topic whose partitions to reset.
+        #[arg(long, value_name = "TOPIC")]
+        topic: String,
+        /// The consumer group whose view it is; default KAFKA_GROUP_ID.
+        #[arg(long = "group", value_name = "GROUP_ID")]
+        group: Option<String>,
+        /// A partition to reset (repeatable); all of the topic's when absent.
+        #[arg(long = "partition", value_name = "PARTITION")]
+        partitions: Vec<i32>,
+        /// Where to move the offsets: the log's start.
+        #[arg(long = "to", value_enum)]
+        to: ResetTo,
+    },
+}
+
+/// Where `offsets reset` moves a stored offset.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ResetTo {
+    /// The partition's low watermark: its oldest record still in the log.
+    Earliest,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     chronolog::telemetry::init(&cli.log)?;
+    // A panic anywhere is logged like any error, with where it happened;
+    // the actors that catch panics restart their work.
+    chronolog::install_panic_hook();
     actix_rt::System::new().block_on(async move {
         match cli.command {
             Command::Serve { settings, roles } => {
@@ -87,6 +126,25 @@ fn main() -> anyhow::Result<()> {
                     allow_partial,
                 };
                 chronolog::rebuild::rebuild(&settings, &options).await?;
+                Ok(())
+            }
+            Command::Offsets {
+                action:
+                    OffsetsCommand::Reset {
+                        settings,
+                        topic,
+                        group,
+                        partitions,
+                        to: ResetTo::Earliest,
+                    },
+            } => {
+                let group = group.unwrap_or_else(|| settings.kafka_group_id.clone());
+                let report =
+                    chronolog::offsets::reset_to_earliest(&settings, &topic, &group, &partitions)
+                        .await?;
+                for partition in report {
+                    println!("{partition}");
+                }
                 Ok(())
             }
         }

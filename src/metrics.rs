@@ -61,6 +61,12 @@ pub struct Metrics {
     pub outbox_events_published: IntCounterVec,
     /// 1 while this process's relay holds the outbox lock and publishes, else 0.
     pub outbox_relay_active: IntGaugeVec,
+    /// Dead letters that could not be published for good (the record stays
+    /// in the log at its source offset; the error log names it), by cause.
+    pub dead_letter_failures: IntCounterVec,
+    /// How far a partition's stored offset is above the log's high
+    /// watermark (a recreated topic, a broker that lost data); 0 normally.
+    pub stored_offset_ahead: IntGaugeVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -200,6 +206,20 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            dead_letter_failures: IntCounterVec::new(
+                Opts::new(
+                    "dead_letter_failures_total",
+                    "Dead letters the broker refused for good; the source record stays in the log and the error log names it.",
+                ),
+                &["cause"],
+            )?,
+            stored_offset_ahead: IntGaugeVec::new(
+                Opts::new(
+                    "stored_offset_ahead_records",
+                    "Records by which a partition's stored offset is above the log's high watermark (recreated topic or lost broker data): the partition is stopped until `chronolog offsets reset`.",
+                ),
+                &["topic", "partition"],
+            )?,
             topic_retention_finite: IntGaugeVec::new(
                 Opts::new(
                     "topic_retention_finite",
@@ -264,6 +284,8 @@ impl Metrics {
         r.register(Box::new(self.outbox_relay_lag_seconds.clone()))?;
         r.register(Box::new(self.outbox_events_published.clone()))?;
         r.register(Box::new(self.outbox_relay_active.clone()))?;
+        r.register(Box::new(self.dead_letter_failures.clone()))?;
+        r.register(Box::new(self.stored_offset_ahead.clone()))?;
         Ok(())
     }
 
@@ -338,7 +360,7 @@ impl Metrics {
             }
         }
         for kind in ["command", "dead_letter"] {
-            for outcome in ["delivered", "timeout", "failed", "fatal"] {
+            for outcome in ["delivered", "timeout", "failed", "fatal", "refused"] {
                 self.records_produced.with_label_values(&[kind, outcome]);
             }
         }
@@ -352,6 +374,7 @@ impl Metrics {
         for reason in crate::kafka::record::DecodeError::CODES {
             self.dead_letters.with_label_values(&[reason]);
         }
+        self.dead_letter_failures.with_label_values(&["refused"]);
     }
 }
 

@@ -159,6 +159,23 @@ pub async fn rebuild(
     // partition already at its finish line has nothing left to commit, and
     // counts as done from the start.
     let resumed = stored_offsets(settings, group_id).await?;
+    let ahead: Vec<String> = resumed
+        .iter()
+        .filter_map(|(partition, &next)| {
+            let &(_, high) = targets.get(partition)?;
+            (next > high)
+                .then(|| format!("partition {partition}: stored {next}, log ends at {high}"))
+        })
+        .collect();
+    anyhow::ensure!(
+        ahead.is_empty(),
+        "the target database holds offsets of group {group_id} above the end of the log of {} ({}): \
+         the topic was recreated or the broker lost records. Rebuild into an empty database, or run \
+         `chronolog offsets reset --topic {} --group {group_id} --to earliest` first",
+        settings.kafka_topic,
+        ahead.join("; "),
+        settings.kafka_topic
+    );
     tracing::info!(
         group_id,
         topic = settings.kafka_topic,
@@ -193,6 +210,14 @@ pub async fn rebuild(
         let mut committed = resumed.clone();
         committed.extend(status.committed());
         let progress = Progress::measure(&targets, &committed);
+        if let Some((partition, panic)) = status.last_panic() {
+            group.stop().await;
+            anyhow::bail!(
+                "a partition worker panicked during the rebuild (partition {partition}: {panic}); \
+                 the error log has its place in the log. Nothing is lost: run the rebuild again \
+                 with --group-id {group_id} to resume it once the cause is fixed"
+            );
+        }
         if !progress.finished() && shown.is_some_and(|at| at.elapsed() < PROGRESS_EVERY) {
             continue;
         }
@@ -212,7 +237,7 @@ pub async fn rebuild(
             break progress;
         }
         if !status.blocked().is_empty() {
-            tracing::warn!(blocked = ?status.blocked(), "rebuild is blocked on a failing write; retrying");
+            tracing::warn!(blocked = ?status.blocked(), problems = ?status.problems(), "rebuild is blocked; retrying");
         }
     };
     group.stop().await;

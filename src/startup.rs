@@ -73,6 +73,7 @@ impl Application {
                 .await
                 .context("DATABASE_URL: cannot prepare the database")?;
         }
+        let mut topic_report = None;
         if uses_broker {
             // A refused option, a failed TLS handshake or SASL login stops
             // the start here, with librdkafka's reason and no secret in it.
@@ -96,6 +97,7 @@ impl Application {
                     .with_label_values(&[&topic])
                     .set(i64::from(finite));
             }
+            topic_report = Some(Arc::new(topics));
         }
         let broker = if uses_broker {
             Some(Arc::new(
@@ -140,6 +142,7 @@ impl Application {
 
         let mut readiness = Readiness {
             broker: broker.clone(),
+            topics: topic_report,
             ..Readiness::default()
         };
         if let Some(producer) = &producer {

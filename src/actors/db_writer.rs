@@ -9,9 +9,11 @@
 //! with a fresh pool; the failed batch is retried by its partition consumer.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use actix::prelude::*;
+use futures::FutureExt;
 
 use crate::db::models::ProjectedRecord;
 use crate::db::queries::{self, BatchApplied, PartitionKey};
@@ -39,7 +41,7 @@ pub struct WriteBatch {
 }
 
 /// The batch's transaction committed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchCommitted {
     /// What the transaction did.
     pub applied: BatchApplied,
@@ -98,9 +100,22 @@ impl Handler<WriteBatch> for DbWriter {
     fn handle(&mut self, msg: WriteBatch, _ctx: &mut Self::Context) -> Self::Result {
         let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
         let fut = async move {
-            metrics
-                .observe(ACTOR, "WriteBatch", write_batch(pool, &metrics, msg))
-                .await
+            let write = AssertUnwindSafe(write_batch(pool, &metrics, msg)).catch_unwind();
+            let written = async {
+                write.await.unwrap_or_else(|panic| {
+                    // Only this batch failed: its partition retries it, and
+                    // the other partitions' batches go on (a restart of the
+                    // actor would abandon them all).
+                    let reason = crate::panic_message(panic.as_ref());
+                    tracing::error!(
+                        panic = reason,
+                        "db writer panicked on a batch; its partition retries it"
+                    );
+                    metrics.actor_restarted(ACTOR);
+                    Err(DbError::Panicked(reason))
+                })
+            };
+            metrics.observe(ACTOR, "WriteBatch", written).await
         };
         Box::pin(fut.into_actor(self).map(stop_on_lost_connection))
     }
@@ -113,7 +128,7 @@ impl Handler<LoadOffsets> for DbWriter {
         let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
         let fut = async move {
             let load = async {
-                let mut conn = pool.get().await?;
+                let mut conn = crate::db::checkout(&pool).await?;
                 queries::load_offsets(&mut conn, &msg.group_id, &msg.topic).await
             };
             metrics.observe(ACTOR, "LoadOffsets", load).await
@@ -143,7 +158,7 @@ pub async fn write_batch(
 ) -> Result<BatchCommitted, DbError> {
     let started = Instant::now();
     let result = async {
-        let mut conn = pool.get().await?;
+        let mut conn = crate::db::checkout(&pool).await?;
         queries::apply_batch(&mut conn, &msg.partition, &msg.records, msg.next_offset).await
     }
     .await;

@@ -9,29 +9,44 @@
 //! flight at a time; while it is, nothing more is read, and librdkafka stops
 //! fetching once its queue is full, so a slow writer pauses consumption.
 //!
-//! A failed write blocks the partition: the batch is retried with capped
-//! backoff, the `blocked` gauge shows it, and nothing after it is read.
+//! No record can stop a partition: one that cannot be projected, whatever
+//! it holds, is dead-lettered and acknowledged. Only the database being
+//! unavailable blocks it: the batch is retried with capped backoff, the
+//! `blocked` gauge shows it, and nothing after it is read.
+//!
+//! A worker never dies unseen: a panic is caught, logged with its partition,
+//! counted as a restart, shown on `/ready`, and the supervisor restarts the
+//! actor, which rewinds to the last offset durable in the view and starts a
+//! new worker after a backoff that grows with consecutive failures.
+//!
+//! Before reading, and whenever the log goes back below what the view
+//! holds, the worker checks the view's stored offset against the log's high
+//! watermark: a stored offset above it (a recreated topic, a broker that
+//! lost data) would silently skip every new record, so the partition stops
+//! there, says so on `/ready` and in a metric, and waits for
+//! `chronolog offsets reset` to move the stored offset.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use rdkafka::Message as _;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::actors::db_writer::{DbWriter, WriteBatch};
+use crate::actors::db_writer::{DbWriter, LoadOffsets, WriteBatch};
 use crate::actors::producer::{KafkaProducer, PublishDeadLetter};
 use crate::db::models::ProjectedRecord;
 use crate::db::queries::PartitionKey;
+use crate::kafka::dead_letter::{DeadLetter, SourcePosition};
 use crate::kafka::group::{GroupConsumer, GroupStatus, PartitionQueue};
-use crate::kafka::record::{self, CORRELATION_HEADER};
+use crate::kafka::record::{self, DecodeError};
 use crate::metrics::Metrics;
 
 const ACTOR: &str = "partition_consumer";
@@ -41,6 +56,10 @@ pub const MAILBOX_CAPACITY: usize = 16;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Longest wait between two retries of a failed write.
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// How often a partition stopped on a stored offset above the log looks again.
+const LOG_RECHECK: Duration = Duration::from_secs(2);
+/// Longest wait for the log's watermarks.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a partition consumer needs from the rest of the process.
 #[derive(Clone)]
@@ -57,6 +76,8 @@ pub struct PartitionDeps {
     pub batch_max: usize,
     /// The application's metrics.
     pub metrics: Arc<Metrics>,
+    /// Fault injection (tests): panic once at this partition and offset.
+    pub panic_at: Option<(i32, i64)>,
 }
 
 /// Finish the batch in flight, acknowledge it and stop: the partition is
@@ -94,19 +115,32 @@ pub struct PartitionConsumer {
     key: PartitionKey,
     queue: Arc<PartitionQueue>,
     deps: PartitionDeps,
-    /// Next offset committed with the view; -1 before the first commit.
+    /// Next offset durable in the view (the stored offset it started at,
+    /// then each commit's); -1 while unknown.
     committed: Arc<AtomicI64>,
+    /// Worker failures since the last commit: the restart backoff grows with it.
+    failures: Arc<AtomicU32>,
+    /// The injected fault fires once per partition consumer.
+    fault_fired: Arc<AtomicBool>,
     worker: Option<Worker>,
 }
 
 impl PartitionConsumer {
-    /// A consumer of `key`'s partition reading `queue`.
-    pub fn new(key: PartitionKey, queue: PartitionQueue, deps: PartitionDeps) -> Self {
+    /// A consumer of `key`'s partition reading `queue`, which starts at the
+    /// view's stored offset `start` (if the view has one).
+    pub fn new(
+        key: PartitionKey,
+        queue: PartitionQueue,
+        deps: PartitionDeps,
+        start: Option<i64>,
+    ) -> Self {
         Self {
             key,
             queue: Arc::new(queue),
             deps,
-            committed: Arc::new(AtomicI64::new(-1)),
+            committed: Arc::new(AtomicI64::new(start.unwrap_or(-1))),
+            failures: Arc::new(AtomicU32::new(0)),
+            fault_fired: Arc::new(AtomicBool::new(false)),
             worker: None,
         }
     }
@@ -126,15 +160,29 @@ impl Actor for PartitionConsumer {
             key: self.key.clone(),
             deps: self.deps.clone(),
             committed: self.committed.clone(),
+            failures: self.failures.clone(),
+            fault_fired: self.fault_fired.clone(),
         };
         let queue = self.queue.clone();
         // Weak: a strong address would keep a drained actor alive and make
         // its supervisor restart it.
         let addr = ctx.address().downgrade();
+        let (key, status) = (self.key.clone(), self.deps.status.clone());
         let span = tracing::info_span!("partition", topic = %self.key.topic, partition = self.key.partition);
         let handle = actix_rt::spawn(
             async move {
-                let exit = run.consume(&queue, stop_rx).await;
+                let consumed = AssertUnwindSafe(run.consume(&queue, stop_rx)).catch_unwind();
+                let exit = consumed.await.unwrap_or_else(|panic| {
+                    let reason = crate::panic_message(panic.as_ref());
+                    status.set_blocked(&key, true);
+                    status.set_problem(
+                        &key,
+                        Some(format!("worker panicked ({reason}); restarting")),
+                    );
+                    status.panicked(&key, &reason);
+                    tracing::error!(panic = reason, "partition worker panicked; restarting it");
+                    WorkerExit::Failed(reason)
+                });
                 if let WorkerExit::Failed(reason) = &exit {
                     tracing::error!(reason, "partition consumer failed; restarting it");
                     if let Some(addr) = addr.upgrade() {
@@ -146,12 +194,14 @@ impl Actor for PartitionConsumer {
             .instrument(span),
         );
         self.worker = Some(Worker { stop, handle });
-        self.deps.status.set_blocked(&self.key, false);
+        if self.failures.load(Ordering::Acquire) == 0 {
+            self.deps.status.set_blocked(&self.key, false);
+            self.deps.status.set_problem(&self.key, None);
+        }
         tracing::info!(partition = self.key.partition, "partition consumer started");
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.deps.status.set_blocked(&self.key, false);
         tracing::info!(partition = self.key.partition, "partition consumer stopped");
     }
 }
@@ -160,16 +210,16 @@ impl Supervised for PartitionConsumer {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         self.deps.metrics.actor_restarted(ACTOR);
         // Records read but not committed were lost with the old worker: go
-        // back to the last offset durable in the view.
-        if let Some(offset) = self.committed()
-            && let Err(error) = self.deps.consumer.seek(
-                &self.key.topic,
-                self.key.partition,
-                Offset::Offset(offset),
-                Duration::ZERO,
-            )
+        // back to the last offset durable in the view (or, when the view
+        // holds none for this partition, to the log's beginning; the view
+        // applies each record once however often it is read).
+        let offset = self.committed().map_or(Offset::Beginning, Offset::Offset);
+        if let Err(error) =
+            self.deps
+                .consumer
+                .seek(&self.key.topic, self.key.partition, offset, Duration::ZERO)
         {
-            tracing::error!(%error, offset, "cannot rewind the partition after a restart");
+            tracing::error!(%error, ?offset, "cannot rewind the partition after a restart");
         }
     }
 }
@@ -184,6 +234,7 @@ impl Handler<WorkerFailed> for PartitionConsumer {
 
     fn handle(&mut self, _msg: WorkerFailed, ctx: &mut Self::Context) {
         self.worker = None;
+        self.failures.fetch_add(1, Ordering::AcqRel);
         ctx.stop();
     }
 }
@@ -195,6 +246,12 @@ impl Handler<Drain> for PartitionConsumer {
         let worker = self.worker.take();
         let committed = self.committed.clone();
         let partition = self.key.partition;
+        let (key, status) = (self.key.clone(), self.deps.status.clone());
+        let gauge = self
+            .deps
+            .metrics
+            .stored_offset_ahead
+            .with_label_values(&[&self.key.topic, &self.key.partition.to_string()]);
         let drain = async move {
             if let Some(worker) = worker {
                 // Fails only when the worker already ended, which is fine.
@@ -204,6 +261,10 @@ impl Handler<Drain> for PartitionConsumer {
                     Err(error) => tracing::error!(partition, %error, "partition worker died"),
                 }
             }
+            // Given up: whatever this process said about it no longer holds.
+            status.set_blocked(&key, false);
+            status.set_problem(&key, None);
+            gauge.set(0);
             let next = committed.load(Ordering::Acquire);
             Ok::<_, std::convert::Infallible>(PartitionDrained {
                 next_offset: Some(next).filter(|&o| o >= 0),
@@ -230,7 +291,7 @@ enum Incoming {
     },
     Poison {
         offset: i64,
-        dead_letter: PublishDeadLetter,
+        dead_letter: DeadLetter,
         correlation_id: Option<String>,
     },
 }
@@ -244,77 +305,72 @@ impl Incoming {
     }
 }
 
-fn header_str<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
-    message
-        .headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
-}
-
-/// Sorts one record; never fails: what cannot be decoded becomes a dead letter.
+/// Sorts one record; never fails and never panics: what cannot be projected
+/// becomes a dead letter. Checks run in order: headers (read as bytes), the
+/// key, the log timestamp, the value.
 fn classify(message: &BorrowedMessage<'_>) -> Incoming {
     let offset = message.offset();
-    let correlation_id = header_str(message, CORRELATION_HEADER).map(str::to_owned);
-    match record::decode(message.key(), message.payload()) {
-        Ok(command) => {
-            let accepted_at = message
-                .timestamp()
-                .to_millis()
-                .and_then(DateTime::<Utc>::from_timestamp_millis)
-                .unwrap_or_else(Utc::now);
-            Incoming::Record {
-                record: ProjectedRecord {
+    let headers = record::read_headers(message.headers());
+    let correlation_id = headers.correlation_id().ok().flatten().map(str::to_owned);
+    let decoded = match (&headers.error, headers.correlation_id()) {
+        (Some(error), _) => Err(error.clone()),
+        (None, Err(error)) => Err(error),
+        (None, Ok(_)) => {
+            record::record_timestamp(message.timestamp().to_millis()).and_then(|accepted_at| {
+                record::decode(message.key(), message.payload()).map(|command| ProjectedRecord {
                     offset,
                     command,
                     accepted_at,
-                },
-                correlation_id,
-            }
-        }
-        Err(error) => {
-            let mut headers: Vec<(String, Vec<u8>)> = message
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_owned(),
-                                h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                            )
-                        })
-                        .collect()
                 })
-                .unwrap_or_default();
-            headers.extend([
-                ("dlq.reason".to_owned(), error.code().as_bytes().to_vec()),
-                ("dlq.error".to_owned(), error.to_string().into_bytes()),
-                (
-                    "dlq.source.topic".to_owned(),
-                    message.topic().as_bytes().to_vec(),
-                ),
-                (
-                    "dlq.source.partition".to_owned(),
-                    message.partition().to_string().into_bytes(),
-                ),
-                (
-                    "dlq.source.offset".to_owned(),
-                    offset.to_string().into_bytes(),
-                ),
-            ]);
-            Incoming::Poison {
-                offset,
-                dead_letter: PublishDeadLetter {
-                    key: message.key().map(<[u8]>::to_vec),
-                    value: message.payload().map(<[u8]>::to_vec),
-                    headers,
-                    reason: error.code(),
-                },
-                correlation_id,
-            }
+            })
         }
+    };
+    match decoded {
+        Ok(record) => Incoming::Record {
+            record,
+            correlation_id,
+        },
+        Err(error) => Incoming::Poison {
+            offset,
+            dead_letter: DeadLetter::new(
+                &SourcePosition {
+                    topic: message.topic().to_owned(),
+                    partition: message.partition(),
+                    offset,
+                },
+                message.key(),
+                message.payload(),
+                headers.readable,
+                &error,
+            ),
+            correlation_id,
+        },
     }
+}
+
+/// [`classify`], with a panic in it (a bug) turned into a dead letter
+/// (`internal_error`): a record that makes the code panic every time it is
+/// read must not stop its partition for ever.
+fn classify_guarded(message: &BorrowedMessage<'_>) -> Incoming {
+    crate::catch_expected_panic(|| classify(message)).unwrap_or_else(|panic| {
+        let error = DecodeError::Internal(crate::panic_message(panic.as_ref()));
+        tracing::error!(offset = message.offset(), %error, "reading a record panicked; dead-lettering it");
+        Incoming::Poison {
+            offset: message.offset(),
+            dead_letter: DeadLetter::new(
+                &SourcePosition {
+                    topic: message.topic().to_owned(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                },
+                message.key(),
+                message.payload(),
+                Vec::new(),
+                &error,
+            ),
+            correlation_id: None,
+        }
+    })
 }
 
 /// The worker loop's state, separate from the actor so that it runs as a
@@ -323,10 +379,30 @@ struct PartitionRun {
     key: PartitionKey,
     deps: PartitionDeps,
     committed: Arc<AtomicI64>,
+    failures: Arc<AtomicU32>,
+    fault_fired: Arc<AtomicBool>,
 }
 
 impl PartitionRun {
     async fn consume(self, queue: &PartitionQueue, mut stop: watch::Receiver<bool>) -> WorkerExit {
+        let failures = self.failures.load(Ordering::Acquire);
+        if failures > 0 {
+            let delay = backoff(failures);
+            tracing::info!(failures, delay = ?delay, "restarting the partition worker after a backoff");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|stopping| *stopping) => return WorkerExit::Drained,
+            }
+        }
+        if let Err(exit) = self.check_log(&stop, None).await {
+            return exit;
+        }
+        if failures > 0 {
+            // Running again: the partition is no longer failing (another
+            // panic on the same record would show it again).
+            self.deps.status.set_problem(&self.key, None);
+            self.deps.status.set_blocked(&self.key, false);
+        }
         let mut stream = queue.stream();
         loop {
             let first = tokio::select! {
@@ -339,7 +415,10 @@ impl PartitionRun {
                 std::iter::once(first).chain(std::iter::from_fn(|| stream.next().now_or_never()))
             {
                 match next {
-                    Some(Ok(message)) => batch.push(classify(&message)),
+                    Some(Ok(message)) => {
+                        self.inject_fault(message.offset());
+                        batch.push(classify_guarded(&message));
+                    }
                     Some(Err(error)) => tracing::warn!(%error, "error reading the partition"),
                     None => return WorkerExit::Failed("partition queue ended".into()),
                 }
@@ -348,6 +427,18 @@ impl PartitionRun {
                 }
             }
             if batch.is_empty() {
+                continue;
+            }
+            // The log went back below what this worker committed: librdkafka
+            // reset a position that fell out of the log. Applying the batch
+            // would skip it (it is below the stored offset), silently.
+            let committed = self.committed.load(Ordering::Acquire);
+            if let Some(read) = batch.first().map(Incoming::offset)
+                && read < committed
+            {
+                if let Err(exit) = self.check_log(&stop, Some((committed, read))).await {
+                    return exit;
+                }
                 continue;
             }
             let projected =
@@ -409,6 +500,11 @@ impl PartitionRun {
             .await?;
         let next = committed.applied.next_offset;
         self.committed.store(next, Ordering::Release);
+        if self.failures.swap(0, Ordering::AcqRel) > 0 {
+            self.deps.status.set_problem(&self.key, None);
+            self.deps.status.set_blocked(&self.key, false);
+            tracing::info!(next_offset = next, "partition worker recovered");
+        }
         // `store_offsets` stores the offset as given: the next one to read.
         // (`store_offset` would store `next + 1` and skip a record.)
         let mut acknowledged = TopicPartitionList::new();
@@ -420,7 +516,22 @@ impl PartitionRun {
             tracing::debug!(%error, "offset not stored in Kafka");
         }
         self.deps.status.set_committed(&self.key, next);
-        for (command_id, offset, correlation_id) in correlation {
+        // The conflicts' dead letters go out after the commit that decided
+        // them (the view is right whatever happens to them).
+        for conflict in &committed.applied.conflicts {
+            let (offset, letter, correlation_id) = self.conflict_letter(conflict, &correlation);
+            self.dead_letter(offset, letter, correlation_id, stop)
+                .await?;
+        }
+        for (command_id, offset, correlation_id) in &correlation {
+            if committed
+                .applied
+                .conflicts
+                .iter()
+                .any(|c| c.lost_offset == Some(*offset))
+            {
+                continue;
+            }
             tracing::info!(%command_id, offset, correlation_id = correlation_id.as_deref().unwrap_or(""), "record projected");
         }
         tracing::debug!(
@@ -433,46 +544,58 @@ impl PartitionRun {
         Ok(())
     }
 
+    /// Publishes a dead letter, retrying while the broker is unreachable.
+    /// A dead letter the broker refuses for what it is cannot block the
+    /// partition: it is counted and logged with the record's place in the
+    /// log (where the record stays), and the record is acknowledged.
     async fn dead_letter(
         &self,
         offset: i64,
-        dead_letter: PublishDeadLetter,
+        dead_letter: DeadLetter,
         correlation_id: Option<String>,
         stop: &watch::Receiver<bool>,
     ) -> Result<(), WorkerExit> {
         let reason = dead_letter.reason;
-        let error = dead_letter
-            .headers
-            .iter()
-            .find(|(k, _)| k == "dlq.error")
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default();
+        let error = dead_letter.header("dlq.error").unwrap_or_default();
+        let correlation_id = correlation_id.as_deref().unwrap_or("");
         let Some(producer) = &self.deps.producer else {
             tracing::warn!(
                 offset,
                 reason,
                 error,
-                "undecodable record skipped; the live consumer dead-letters it"
+                "record skipped; the live consumer dead-letters it"
             );
             return Ok(());
         };
-        self.retry("publish dead letter", stop, || {
-            let producer = producer.clone();
-            let msg = PublishDeadLetter {
-                key: dead_letter.key.clone(),
-                value: dead_letter.value.clone(),
-                headers: dead_letter.headers.clone(),
+        let refused = self
+            .retry("publish dead letter", stop, || {
+                let (producer, msg) = (producer.clone(), PublishDeadLetter(dead_letter.clone()));
+                async move {
+                    match producer.send(msg).await {
+                        Ok(Ok(_)) => Ok(None),
+                        Ok(Err(e)) if e.is_permanent() => Ok(Some(e.to_string())),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            })
+            .await?;
+        if let Some(refusal) = refused {
+            self.deps
+                .metrics
+                .dead_letter_failures
+                .with_label_values(&["refused"])
+                .inc();
+            tracing::error!(
+                offset,
                 reason,
-            };
-            async move {
-                producer
-                    .send(msg)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())
-            }
-        })
-        .await?;
+                error,
+                refusal,
+                correlation_id,
+                "the broker refused the dead letter; the record stays in the log at its offset and is skipped"
+            );
+            return Ok(());
+        }
         self.deps
             .metrics
             .dead_letters
@@ -482,10 +605,231 @@ impl PartitionRun {
             offset,
             reason,
             error,
-            correlation_id = correlation_id.as_deref().unwrap_or(""),
+            correlation_id,
             "record sent to the dead-letter topic"
         );
         Ok(())
+    }
+
+    /// The dead letter of a conflict's losing version. A losing record of
+    /// this batch is dead-lettered at its own offset; a replaced earlier row
+    /// is dead-lettered as the version it held, at the offset of the record
+    /// that replaced it, marked `dlq.replaced: true`.
+    fn conflict_letter(
+        &self,
+        conflict: &crate::db::queries::Conflict,
+        correlation: &[(uuid::Uuid, i64, Option<String>)],
+    ) -> (i64, DeadLetter, Option<String>) {
+        let kept_offset = correlation
+            .iter()
+            .find(|(id, offset, _)| {
+                *id == conflict.command_id && Some(*offset) != conflict.lost_offset
+            })
+            .map(|(_, offset, _)| *offset);
+        let offset = conflict.lost_offset.or(kept_offset).unwrap_or_default();
+        let correlation_id = correlation
+            .iter()
+            .find(|(_, o, _)| *o == offset)
+            .and_then(|(_, _, c)| c.clone());
+        let (event_timestamp, log_time) = conflict.lost;
+        let (kept_event, kept_log) = conflict.kept;
+        let error = DecodeError::ConflictingDuplicate(format!(
+            "command {} has two versions: event_timestamp {} (log time {}) is kept, {} (log time {}) is not; the earliest log time wins",
+            conflict.command_id,
+            crate::domain::format_timestamp(&kept_event),
+            crate::domain::format_timestamp(&kept_log),
+            crate::domain::format_timestamp(&event_timestamp),
+            crate::domain::format_timestamp(&log_time),
+        ));
+        let value = record::encode_value(&crate::domain::TimestampCommand {
+            command_id: conflict.command_id,
+            event_timestamp,
+        });
+        let mut headers = Vec::new();
+        if let Some(id) = &correlation_id {
+            headers.push((
+                record::CORRELATION_HEADER.to_owned(),
+                id.clone().into_bytes(),
+            ));
+        }
+        if conflict.lost_offset.is_none() {
+            headers.push(("dlq.replaced".to_owned(), b"true".to_vec()));
+        }
+        let key = conflict.command_id.to_string();
+        let letter = DeadLetter::new(
+            &SourcePosition {
+                topic: self.key.topic.clone(),
+                partition: self.key.partition,
+                offset,
+            },
+            Some(key.as_bytes()),
+            Some(&value),
+            headers,
+            &error,
+        );
+        (offset, letter, correlation_id)
+    }
+
+    /// Fault injection for the recovery tests.
+    fn inject_fault(&self, offset: i64) {
+        if self.deps.panic_at == Some((self.key.partition, offset))
+            && !self.fault_fired.swap(true, Ordering::AcqRel)
+        {
+            panic!("injected fault at offset {offset} (CHRONOLOG_FAULT_PANIC_AT)");
+        }
+    }
+
+    /// Guards against a log that lost what the view holds. Stops the
+    /// partition when the view's stored offset is above the log's high
+    /// watermark, or when `rewound` says the log went back below what this
+    /// worker committed (librdkafka resets a fetch position that fell out of
+    /// the log: a topic deleted and created again, a broker that lost data).
+    /// Reading on would skip every record below the stored offset, silently.
+    ///
+    /// A stopped partition shows on `/ready` with what to run and in
+    /// `chronolog_stored_offset_ahead_records`, and resumes only when an
+    /// operator moves its stored offset (`chronolog offsets reset`): not when
+    /// the log grows past it, which would skip the records in between. It
+    /// then reads from the new stored offset; the caller drops any records
+    /// it holds.
+    ///
+    /// Both positions must be known first: nothing can be committed without
+    /// the view, so waiting for them costs nothing.
+    async fn check_log(
+        &self,
+        stop: &watch::Receiver<bool>,
+        rewound: Option<(i64, i64)>,
+    ) -> Result<(), WorkerExit> {
+        let gauge = self
+            .deps
+            .metrics
+            .stored_offset_ahead
+            .with_label_values(&[&self.key.topic, &self.key.partition.to_string()]);
+        let (stored, high) = self.positions(stop).await?;
+        let cause = match (rewound, stored) {
+            (Some((committed, read)), _) => format!(
+                "the log went back from offset {committed} to {read}: the topic was deleted and created again, or the broker lost records"
+            ),
+            (None, Some(stored)) if stored > high => format!(
+                "stored offset {stored} is above the log's high watermark {high}: the topic was deleted and created again, or the broker lost records"
+            ),
+            (None, _) => {
+                gauge.set(0);
+                // Read from the view's offset even when the assignment could
+                // not look it up (it fell back to Kafka's committed offsets).
+                if let Some(stored) = stored
+                    && self.committed.load(Ordering::Acquire) < 0
+                {
+                    self.move_to(Some(stored));
+                }
+                return Ok(());
+            }
+        };
+        let advice = format!(
+            "run `chronolog offsets reset --topic {} --group {} --partition {} --to earliest` to project the log from its start",
+            self.key.topic, self.key.group_id, self.key.partition
+        );
+        tracing::error!(?stored, high, "partition stopped: {cause}; {advice}");
+        self.deps.status.set_blocked(&self.key, true);
+        loop {
+            let (now, high) = self.positions(stop).await?;
+            if now != stored {
+                gauge.set(0);
+                self.deps.status.set_problem(&self.key, None);
+                self.deps.status.set_blocked(&self.key, false);
+                self.move_to(now);
+                tracing::info!(from = ?stored, to = ?now, "stored offset moved by an operator; the partition resumes");
+                return Ok(());
+            }
+            gauge.set(now.map_or(0, |s| (s - high).max(0)));
+            self.deps.status.set_problem(
+                &self.key,
+                Some(format!("{cause}; the log now ends at {high}; {advice}")),
+            );
+            let mut stop = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(LOG_RECHECK) => {}
+                _ = stop.wait_for(|s| *s) => return Err(WorkerExit::Drained),
+            }
+        }
+    }
+
+    /// Moves the fetch position to the view's stored offset (the log's
+    /// beginning when the view has none) and takes it as committed.
+    fn move_to(&self, stored: Option<i64>) {
+        let offset = stored.map_or(Offset::Beginning, Offset::Offset);
+        self.committed
+            .store(stored.unwrap_or(-1), Ordering::Release);
+        if let Err(error) =
+            self.deps
+                .consumer
+                .seek(&self.key.topic, self.key.partition, offset, Duration::ZERO)
+        {
+            tracing::error!(%error, ?offset, "cannot move the partition to its stored offset");
+        }
+    }
+
+    /// The view's stored offset (`None`: the view has none) and the log's
+    /// high watermark, read again every [`LOG_RECHECK`] until both answer.
+    async fn positions(
+        &self,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(Option<i64>, i64), WorkerExit> {
+        loop {
+            if let (Some(stored), Some(high)) =
+                (self.stored_offset().await, self.high_watermark().await)
+            {
+                return Ok((stored, high));
+            }
+            let mut stop = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(LOG_RECHECK) => {}
+                _ = stop.wait_for(|s| *s) => return Err(WorkerExit::Drained),
+            }
+        }
+    }
+
+    /// `Some(None)` when the view has no offset for this partition, `None`
+    /// when the view cannot be read.
+    async fn stored_offset(&self) -> Option<Option<i64>> {
+        let request = self.deps.writer.send(LoadOffsets {
+            group_id: self.key.group_id.clone(),
+            topic: self.key.topic.clone(),
+        });
+        match request.await {
+            Ok(Ok(stored)) => Some(stored.get(&self.key.partition).copied()),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot read the stored offset to check it against the log");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the stored offset to check it against the log");
+                None
+            }
+        }
+    }
+
+    async fn high_watermark(&self) -> Option<i64> {
+        let (consumer, topic, partition) = (
+            self.deps.consumer.clone(),
+            self.key.topic.clone(),
+            self.key.partition,
+        );
+        let fetched = tokio::task::spawn_blocking(move || {
+            consumer.fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT)
+        })
+        .await;
+        match fetched {
+            Ok(Ok((_, high))) => Some(high),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot read the log's high watermark to check the stored offset");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the log's high watermark to check the stored offset");
+                None
+            }
+        }
     }
 
     /// Retries `attempt` with capped exponential backoff until it succeeds.
@@ -501,7 +845,6 @@ impl PartitionRun {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, String>>,
     {
-        let mut delay = BACKOFF_START;
         let mut failures = 0u32;
         let blocked_since = Instant::now();
         loop {
@@ -518,6 +861,7 @@ impl PartitionRun {
                     if failures == 1 {
                         self.deps.status.set_blocked(&self.key, true);
                     }
+                    let delay = backoff(failures);
                     tracing::warn!(what, %error, failures, retry_in = ?delay, "partition blocked; retrying");
                     if *stop.borrow() {
                         return Err(WorkerExit::Abandoned);
@@ -527,9 +871,28 @@ impl PartitionRun {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop.wait_for(|s| *s) => {}
                     }
-                    delay = (delay * 2).min(BACKOFF_CAP);
                 }
             }
         }
+    }
+}
+
+/// The wait before retry number `failures` (1, 2, ...): doubling from
+/// [`BACKOFF_START`] up to [`BACKOFF_CAP`].
+fn backoff(failures: u32) -> Duration {
+    BACKOFF_START
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(BACKOFF_CAP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let waits: Vec<u128> = (1..=8).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(backoff(u32::MAX), BACKOFF_CAP);
     }
 }

@@ -17,11 +17,13 @@ use actix::prelude::*;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::domain::{CorrelationId, TimestampCommand};
+use crate::kafka::dead_letter::DeadLetter;
 use crate::kafka::record::{CORRELATION_HEADER, encode_value};
 use crate::kafka::{TracingContext, producer_config};
 use crate::metrics::Metrics;
@@ -45,16 +47,7 @@ pub struct PublishCommand {
 /// Appends a record that cannot be projected to the dead-letter topic.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Delivered, ProduceError>")]
-pub struct PublishDeadLetter {
-    /// Original key, unchanged.
-    pub key: Option<Vec<u8>>,
-    /// Original value, unchanged.
-    pub value: Option<Vec<u8>>,
-    /// Original headers followed by the `dlq.*` headers giving the reason and source.
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// Reason code, for the counter.
-    pub reason: &'static str,
-}
+pub struct PublishDeadLetter(pub DeadLetter);
 
 /// Where the broker put a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +73,32 @@ pub enum ProduceError {
     /// The producer actor is not running.
     #[error("the producer is not available: {0}")]
     Unavailable(String),
+    /// The broker or the client refused this record for what it is (too
+    /// large, invalid, not allowed): sending it again cannot succeed.
+    #[error("the record was refused: {0}")]
+    Refused(String),
+}
+
+impl ProduceError {
+    /// Whether sending the same record again may succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ProduceError::Refused(_))
+    }
+}
+
+/// Broker and client errors that refuse a record for what it is: no retry
+/// of the same record can succeed. (Authorisation failures are not among
+/// them: an operator can fix an ACL, and until then the partition shows as
+/// blocked rather than dropping dead letters.)
+fn refuses_the_record(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidTimestamp
+            | RDKafkaErrorCode::UnsupportedForMessageFormat
+    )
 }
 
 /// The process's idempotent producer client, shared by its producer actors.
@@ -221,6 +240,7 @@ impl Handler<PublishDeadLetter> for KafkaProducer {
     type Result = ResponseActFuture<Self, Result<Delivered, ProduceError>>;
 
     fn handle(&mut self, msg: PublishDeadLetter, _ctx: &mut Self::Context) -> Self::Result {
+        let PublishDeadLetter(msg) = msg;
         let headers = msg.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
             h.insert(Header {
                 key: k.as_str(),
@@ -320,7 +340,8 @@ async fn publish(
             let fatal = client.client().fatal_error();
             let outcome = match (&fatal, error.rdkafka_error_code()) {
                 (Some(_), _) => "fatal",
-                (None, Some(rdkafka::types::RDKafkaErrorCode::MessageTimedOut)) => "timeout",
+                (None, Some(RDKafkaErrorCode::MessageTimedOut)) => "timeout",
+                (None, Some(code)) if refuses_the_record(code) => "refused",
                 _ => "failed",
             };
             m.records_produced.with_label_values(&[kind, outcome]).inc();
@@ -328,6 +349,7 @@ async fn publish(
             Err(match (fatal, outcome) {
                 (Some((code, reason)), _) => ProduceError::Fatal(format!("{code:?}: {reason}")),
                 (None, "timeout") => ProduceError::Timeout(delivery_timeout),
+                (None, "refused") => ProduceError::Refused(error.to_string()),
                 _ => ProduceError::Failed(error.to_string()),
             })
         }

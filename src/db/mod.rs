@@ -43,6 +43,13 @@ pub enum DbError {
     /// Applying the embedded migrations failed.
     #[error("database migration failed: {0}")]
     Migration(String),
+    /// Every connection of the pool is in use and none came free in time:
+    /// the database is there, only busy (more partitions than connections).
+    #[error("every database connection is busy")]
+    PoolBusy,
+    /// A bug: the code applying a batch panicked (caught, never a crash).
+    #[error("the database writer panicked: {0}")]
+    Panicked(String),
 }
 
 impl DbError {
@@ -50,6 +57,8 @@ impl DbError {
     /// owner should rebuild its pool rather than only retry the statement.
     pub fn is_connection_lost(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};
+        // A busy pool (see [`checkout`]) is not a lost connection:
+        // restarting the writer would abandon every partition's batch.
         matches!(
             self,
             DbError::Connection(_)
@@ -84,6 +93,20 @@ pub fn pool(database_url: &DatabaseUrl, size: u32) -> Pool {
         .connection_timeout(CHECKOUT_TIMEOUT)
         .test_on_check_out(true)
         .build_unchecked(manager)
+}
+
+/// A connection from `pool`. A checkout that times out while the pool holds
+/// live connections, all in use, is [`DbError::PoolBusy`]; one that times
+/// out with no connection left (the server is gone or refuses new ones)
+/// stays a lost connection.
+pub async fn checkout(
+    pool: &Pool,
+) -> Result<bb8::PooledConnection<'_, AsyncDieselConnectionManager<AsyncPgConnection>>, DbError> {
+    match pool.get().await {
+        Ok(conn) => Ok(conn),
+        Err(bb8::RunError::TimedOut) if pool.state().connections > 0 => Err(DbError::PoolBusy),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Applies the embedded migrations that are not yet applied.

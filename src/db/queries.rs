@@ -26,7 +26,7 @@ pub struct PartitionKey {
 }
 
 /// What one committed batch did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchApplied {
     /// Rows inserted (a record already in the view inserts nothing).
     pub inserted: usize,
@@ -34,6 +34,31 @@ pub struct BatchApplied {
     pub skipped: usize,
     /// The partition's next offset after this commit.
     pub next_offset: i64,
+    /// Records whose command id the view holds with another event timestamp.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// Two versions of one command: the same `command_id` with different
+/// event timestamps. The view keeps the version with the earliest log
+/// timestamp (then the earliest event timestamp), whatever order the records
+/// arrive in, so that a rebuild keeps the same row as the live view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The command id both versions carry.
+    pub command_id: Uuid,
+    /// The version the view keeps: (event timestamp, log timestamp).
+    pub kept: (DateTime<Utc>, DateTime<Utc>),
+    /// The version it does not: (event timestamp, log timestamp).
+    pub lost: (DateTime<Utc>, DateTime<Utc>),
+    /// The losing record's offset when it is a record of this batch; `None`
+    /// when it is the view's earlier row, replaced by this batch.
+    pub lost_offset: Option<i64>,
+}
+
+/// The order that decides between two versions of a command: earliest log
+/// timestamp first, then earliest event timestamp.
+fn rank(r: &ProjectedRecord) -> (DateTime<Utc>, DateTime<Utc>) {
+    (r.accepted_at, r.command.event_timestamp)
 }
 
 /// Reads one row of the view.
@@ -58,6 +83,11 @@ pub async fn find_record(
 /// serialise. Inserts are idempotent on the primary key as well, and the
 /// stored offset never moves back.
 ///
+/// Two versions of one command id (different event timestamps) are
+/// [`Conflict`]s: the view keeps the one with the earliest log timestamp,
+/// then the earliest event timestamp, in whatever order they come, and the
+/// answer lists the loser for the caller to dead-letter.
+///
 /// It is one statement (`ApplyBatch`, below), so one round trip and one
 /// implicit transaction: at a few rows per batch, PostgreSQL's cost is per
 /// statement and per transaction far more than per row.
@@ -67,14 +97,75 @@ pub async fn apply_batch(
     records: &[ProjectedRecord],
     next_offset: i64,
 ) -> Result<BatchApplied, DbError> {
-    let (inserted, fresh, next_offset) = ApplyBatch::new(key, records, next_offset)
-        .get_result::<(i64, i64, i64)>(conn)
-        .await?;
+    // One version per command id goes to the statement (an upsert cannot
+    // touch a row twice); the others are conflicts or plain duplicates.
+    let mut winners: Vec<ProjectedRecord> = Vec::with_capacity(records.len());
+    let mut index: HashMap<Uuid, usize> = HashMap::with_capacity(records.len());
+    let mut conflicts = Vec::new();
+    for record in records {
+        let id = record.command.command_id;
+        let Some(&at) = index.get(&id) else {
+            index.insert(id, winners.len());
+            winners.push(*record);
+            continue;
+        };
+        let held = winners[at];
+        let (kept, lost) = if rank(record) < rank(&held) {
+            (*record, held)
+        } else {
+            (held, *record)
+        };
+        if kept.command.event_timestamp != lost.command.event_timestamp {
+            conflicts.push(Conflict {
+                command_id: id,
+                kept: (kept.command.event_timestamp, kept.accepted_at),
+                lost: (lost.command.event_timestamp, lost.accepted_at),
+                lost_offset: Some(lost.offset),
+            });
+        }
+        winners[at] = kept;
+    }
+    let (inserted, fresh, next_offset, ids, event_timestamps, created_ats) =
+        ApplyBatch::new(key, &winners, next_offset)
+            .get_result::<(
+                i64,
+                i64,
+                i64,
+                Vec<Uuid>,
+                Vec<DateTime<Utc>>,
+                Vec<DateTime<Utc>>,
+            )>(conn)
+            .await?;
+    for ((id, event_timestamp), created_at) in
+        ids.into_iter().zip(event_timestamps).zip(created_ats)
+    {
+        let Some(record) = index.get(&id).map(|&at| winners[at]) else {
+            continue;
+        };
+        let held = (event_timestamp, created_at);
+        let ours = (record.command.event_timestamp, record.accepted_at);
+        conflicts.push(if rank(&record) < (created_at, event_timestamp) {
+            Conflict {
+                command_id: id,
+                kept: ours,
+                lost: held,
+                lost_offset: None,
+            }
+        } else {
+            Conflict {
+                command_id: id,
+                kept: held,
+                lost: ours,
+                lost_offset: Some(record.offset),
+            }
+        });
+    }
     let count = |n: i64| usize::try_from(n).unwrap_or_default();
     Ok(BatchApplied {
         inserted: count(inserted),
-        skipped: records.len().saturating_sub(count(fresh)),
+        skipped: winners.len().saturating_sub(count(fresh)),
         next_offset,
+        conflicts,
     })
 }
 
@@ -135,7 +226,14 @@ impl QueryId for ApplyBatch<'_> {
 }
 
 impl Query for ApplyBatch<'_> {
-    type SqlType = (BigInt, BigInt, BigInt);
+    type SqlType = (
+        BigInt,
+        BigInt,
+        BigInt,
+        Array<diesel::sql_types::Uuid>,
+        Array<Timestamptz>,
+        Array<Timestamptz>,
+    );
 }
 
 impl QueryFragment<Pg> for ApplyBatch<'_> {
@@ -163,10 +261,18 @@ impl QueryFragment<Pg> for ApplyBatch<'_> {
             ") AS r(id, event_timestamp, created_at, record_offset) \
                 WHERE r.record_offset >= \
                     COALESCE((SELECT next_offset FROM stored), r.record_offset)), \
+             existing AS MATERIALIZED ( \
+                SELECT t.id, t.event_timestamp, t.created_at \
+                FROM timestamp_records t JOIN fresh f ON t.id = f.id \
+                WHERE t.event_timestamp <> f.event_timestamp), \
              inserted AS ( \
                 INSERT INTO timestamp_records (id, event_timestamp, created_at) \
                 SELECT id, event_timestamp, created_at FROM fresh \
-                ON CONFLICT DO NOTHING RETURNING 1), \
+                ON CONFLICT (id) DO UPDATE \
+                SET event_timestamp = excluded.event_timestamp, created_at = excluded.created_at \
+                WHERE (excluded.created_at, excluded.event_timestamp) \
+                    < (timestamp_records.created_at, timestamp_records.event_timestamp) \
+                RETURNING (xmax = 0) AS new), \
              saved AS ( \
                 INSERT INTO projection_offsets (group_id, topic, partition, next_offset) \
                 SELECT ",
@@ -180,8 +286,11 @@ impl QueryFragment<Pg> for ApplyBatch<'_> {
                 SET next_offset = GREATEST(projection_offsets.next_offset, excluded.next_offset), \
                     updated_at = now() \
                 RETURNING next_offset) \
-             SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM fresh), \
-                    (SELECT next_offset FROM saved)",
+             SELECT (SELECT count(*) FROM inserted WHERE new), (SELECT count(*) FROM fresh), \
+                    (SELECT next_offset FROM saved), \
+                    COALESCE((SELECT array_agg(id ORDER BY id) FROM existing), '{}'), \
+                    COALESCE((SELECT array_agg(event_timestamp ORDER BY id) FROM existing), '{}'), \
+                    COALESCE((SELECT array_agg(created_at ORDER BY id) FROM existing), '{}')",
         );
         Ok(())
     }
@@ -208,5 +317,35 @@ pub async fn load_offsets(
 /// A round trip to the server, for readiness checks.
 pub async fn ping(conn: &mut AsyncPgConnection) -> Result<(), DbError> {
     diesel::sql_query("SELECT 1").execute(conn).await?;
+    Ok(())
+}
+
+/// Sets a partition's stored next offset to `next_offset`, lower or higher
+/// than before: the operator's `chronolog offsets reset`, never the
+/// projection (whose offsets only move forward).
+pub async fn reset_offset(
+    conn: &mut AsyncPgConnection,
+    key: &PartitionKey,
+    next_offset: i64,
+) -> Result<(), DbError> {
+    diesel::insert_into(projection_offsets::table)
+        .values((
+            projection_offsets::group_id.eq(&key.group_id),
+            projection_offsets::topic.eq(&key.topic),
+            projection_offsets::partition.eq(key.partition),
+            projection_offsets::next_offset.eq(next_offset),
+        ))
+        .on_conflict((
+            projection_offsets::group_id,
+            projection_offsets::topic,
+            projection_offsets::partition,
+        ))
+        .do_update()
+        .set((
+            projection_offsets::next_offset.eq(next_offset),
+            projection_offsets::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await?;
     Ok(())
 }

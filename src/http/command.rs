@@ -42,17 +42,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// The `202` body: the command id and the record's place in the log, so
 /// that a client can wait for its own write.
-#[derive(Serialize)]
-struct Accepted {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    /// The command id (a UUID v4), also in `Location`.
     id: uuid::Uuid,
+    /// The partition of the command topic that holds the record.
     partition: i32,
+    /// The record's offset in that partition.
     offset: i64,
 }
 
 /// The `200` body of `POST /app`: the id alone, as the original service
 /// answered.
-#[derive(Serialize)]
-struct Created {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Created {
+    /// The command id (a UUID v4).
     id: uuid::Uuid,
 }
 
@@ -65,7 +69,25 @@ enum Answer {
     Original,
 }
 
-async fn submit_at(
+/// A command for the event at `timestamp` (RFC 3339), answered once the
+/// broker has the record.
+#[utoipa::path(
+    post,
+    path = "/api/v1/timestamp/{timestamp}",
+    tag = "timestamp",
+    params(
+        ("timestamp" = String, Path, description = "The event's instant, RFC 3339 (`2009-09-28T19:03:12Z`, `...+02:00`), years 0001 to 9999"),
+        super::openapi::CorrelationIdHeader,
+        super::openapi::IdempotencyKeyHeader,
+    ),
+    responses(
+        (status = 202, description = "In the log; `Location` names the query URL", body = Accepted),
+        (status = 400, description = "Invalid timestamp, correlation id or Idempotency-Key", body = super::openapi::ErrorSchema),
+        (status = 422, description = "An Idempotency-Key reused for another timestamp", body = super::openapi::ErrorSchema),
+        (status = 503, description = "The broker did not acknowledge the record in time: not known to be in the log", body = super::openapi::ErrorSchema),
+    )
+)]
+pub(crate) async fn submit_at(
     req: HttpRequest,
     timestamp: web::Path<String>,
     ingestion: web::Data<Addr<Ingestion>>,
@@ -82,7 +104,19 @@ async fn submit_at(
     .await
 }
 
-async fn submit_now(
+/// A command for the event at the server's current time.
+#[utoipa::path(
+    post,
+    path = "/api/v1/timestamp",
+    tag = "timestamp",
+    params(super::openapi::CorrelationIdHeader, super::openapi::IdempotencyKeyHeader),
+    responses(
+        (status = 202, description = "In the log; `Location` names the query URL", body = Accepted),
+        (status = 400, description = "Invalid correlation id or Idempotency-Key", body = super::openapi::ErrorSchema),
+        (status = 503, description = "The broker did not acknowledge the record in time: not known to be in the log", body = super::openapi::ErrorSchema),
+    )
+)]
+pub(crate) async fn submit_now(
     req: HttpRequest,
     ingestion: web::Data<Addr<Ingestion>>,
     correlation_id: CorrelationId,
@@ -90,7 +124,21 @@ async fn submit_now(
     submit(&req, &ingestion, None, correlation_id, Answer::Versioned).await
 }
 
-async fn submit_app(
+/// The original timestamp service's route: a command at the server's current
+/// time, answered `200 {"id"}` as the original answered it (same guarantees
+/// as `POST /api/v1/timestamp`).
+#[utoipa::path(
+    post,
+    path = "/app",
+    tag = "timestamp",
+    params(super::openapi::CorrelationIdHeader, super::openapi::IdempotencyKeyHeader),
+    responses(
+        (status = 200, description = "In the log", body = Created),
+        (status = 400, description = "Invalid correlation id or Idempotency-Key", body = super::openapi::ErrorSchema),
+        (status = 503, description = "The broker did not acknowledge the record in time: not known to be in the log", body = super::openapi::ErrorSchema),
+    )
+)]
+pub(crate) async fn submit_app(
     req: HttpRequest,
     ingestion: web::Data<Addr<Ingestion>>,
     correlation_id: CorrelationId,
@@ -166,7 +214,7 @@ fn respond(accepted: CommandAccepted, answer: Answer) -> HttpResponse {
 /// Errors of the command routes: the shared API errors plus the
 /// `Idempotency-Key` refusals, answered in the same JSON shape.
 #[derive(Debug, thiserror::Error)]
-enum CommandError {
+pub(crate) enum CommandError {
     /// Any error the other routes answer too.
     #[error(transparent)]
     Api(#[from] ApiError),

@@ -18,6 +18,7 @@ pub mod accounts;
 pub mod command;
 pub mod error;
 pub mod middleware;
+pub mod openapi;
 pub mod ops;
 pub mod query;
 pub mod shop;
@@ -125,9 +126,11 @@ where
     socket2::SockRef::from(&listener).set_tcp_user_timeout(Some(WRITE_TIMEOUT))?;
     let addr = listener.local_addr()?;
     let metrics = web::Data::from(metrics);
+    let document = web::Data::new(openapi::Document(openapi::document(name).into()));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(metrics.clone())
+            .app_data(document.clone())
             .app_data(web::PathConfig::default().error_handler(|err, _| {
                 ApiError::BadRequest(format!("malformed path: {err}")).into()
             }))

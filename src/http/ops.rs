@@ -22,6 +22,7 @@ use crate::config::Settings;
 use crate::db::{Pool, queries};
 use crate::domain::format_timestamp;
 use crate::http::middleware::Reported;
+use crate::kafka::admin::TopicReport;
 use crate::kafka::group::GroupStatus;
 use crate::kafka::{TracingContext, base_config, topic_partitions};
 use crate::metrics::Metrics;
@@ -48,14 +49,25 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         super::resource("/metrics")
             .route(super::get_or_head().to(render_metrics))
             .default_service(web::to(super::method_not_allowed)),
+    )
+    .service(
+        super::resource("/openapi.json")
+            .route(super::get_or_head().to(super::openapi::openapi_json))
+            .default_service(web::to(super::method_not_allowed)),
     );
 }
 
-async fn health() -> HttpResponse {
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "The process is up", body = super::openapi::HealthSchema)))]
+pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "UP"}))
 }
 
-async fn render_metrics(metrics: web::Data<Metrics>) -> HttpResponse {
+/// Prometheus metrics of this process, in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub async fn render_metrics(metrics: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(metrics.render())
@@ -103,6 +115,9 @@ pub struct Readiness {
     pub broker: Option<Arc<BrokerProbe>>,
     /// The group's partitions, for the consumer role: not ready while one is blocked.
     pub partitions: Option<Arc<GroupStatus>>,
+    /// What the start found about chronolog's topics (finite retention is a
+    /// warning: the service works, a rebuild from the log would not).
+    pub topics: Option<Arc<TopicReport>>,
     /// The last dependency check and the last state logged.
     pub checks: Arc<ReadyChecks>,
 }
@@ -223,7 +238,14 @@ impl Component {
     }
 }
 
-async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
+/// Readiness: the dependencies of this process's roles, each `UP`, `DOWN`
+/// (or `WARN`, shown and not failed on), checked at most once a second.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "No component is DOWN", body = super::openapi::ReadySchema),
+        (status = 503, description = "A component is DOWN", body = super::openapi::ReadySchema),
+    ))]
+pub async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
     let checked = readiness.dependencies().await;
     let mut components = BTreeMap::new();
     if let Some(result) = checked.database {
@@ -234,15 +256,42 @@ async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
     }
     if let Some(status) = &readiness.partitions {
         let blocked = status.blocked();
+        let problems = status.problems();
         components.insert(
             "partitions",
             Component {
-                status: if blocked.is_empty() { "UP" } else { "DOWN" },
-                detail: json!({ "assigned": status.assigned(), "blocked": blocked }),
+                status: if blocked.is_empty() && problems.is_empty() {
+                    "UP"
+                } else {
+                    "DOWN"
+                },
+                detail: json!({
+                    "assigned": status.assigned(),
+                    "blocked": blocked,
+                    "problems": problems,
+                }),
             },
         );
     }
-    let up = components.values().all(|c| c.status == "UP");
+    if let Some(topics) = &readiness.topics {
+        components.insert(
+            "topics",
+            Component {
+                status: if topics.finite_retention.is_empty() {
+                    "UP"
+                } else {
+                    "WARN"
+                },
+                detail: json!({
+                    "finite_retention": topics.finite_retention,
+                    "unchecked": topics.unchecked,
+                }),
+            },
+        );
+    }
+    // A warning is shown, not failed on: only a component that is down
+    // makes the process unready.
+    let up = components.values().all(|c| c.status != "DOWN");
     readiness.checks.log_change(up, &components);
     let body = json!({
         "status": if up { "UP" } else { "DOWN" },

@@ -30,11 +30,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// A record of the view as the API shows it. `id` repeats `command_id`:
 /// the original timestamp service answered `id`, and its clients read it.
-#[derive(Debug, Serialize)]
-struct RecordView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RecordView {
+    /// The command id.
     command_id: Uuid,
+    /// The command id again, as the original timestamp service named it.
     id: Uuid,
+    /// When the event happened (RFC 3339, UTC).
+    #[schema(format = DateTime)]
     event_timestamp: String,
+    /// When the command was accepted into the log (the record's log time).
+    #[schema(format = DateTime)]
     created_at: String,
 }
 
@@ -52,7 +58,25 @@ impl From<TimestampRecord> for RecordView {
 const PREFER: HeaderName = HeaderName::from_static("prefer");
 const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
 
-async fn get_timestamp(
+/// A record of the view. With `Prefer: wait=N` (N ≤ 30), waits up to N
+/// seconds for a record not yet in the view (read-your-writes after a POST).
+#[utoipa::path(
+    get,
+    path = "/api/v1/timestamp/{id}",
+    tag = "timestamp",
+    params(
+        ("id" = String, Path, description = "The command id (UUID)"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N`: wait up to N seconds (at most 30) for the record"),
+        super::openapi::CorrelationIdHeader,
+    ),
+    responses(
+        (status = 200, description = "The record; `id` and `command_id` carry the same value", body = RecordView),
+        (status = 400, description = "Not a UUID, or an invalid Prefer", body = super::openapi::ErrorSchema),
+        (status = 404, description = "Not in the view (after the wait, if any)", body = super::openapi::ErrorSchema),
+        (status = 503, description = "The view's database is unavailable", body = super::openapi::ErrorSchema),
+    )
+)]
+pub async fn get_timestamp(
     req: HttpRequest,
     id: web::Path<String>,
     pool: web::Data<Pool>,

@@ -49,6 +49,10 @@ const OFFSET_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct GroupStatus {
     assigned: Mutex<BTreeSet<i32>>,
     blocked: Mutex<BTreeSet<i32>>,
+    /// Why a partition is stopped or failing, for `/ready` and the rebuild.
+    problems: Mutex<BTreeMap<i32, String>>,
+    /// The last panic caught in this group's workers: partition and message.
+    last_panic: Mutex<Option<(i32, String)>>,
     committed: Mutex<BTreeMap<i32, i64>>,
     /// Signalled at each commit, for whoever waits for the view to catch up.
     commit_seen: tokio::sync::Notify,
@@ -63,6 +67,8 @@ impl GroupStatus {
         Self {
             assigned: Mutex::default(),
             blocked: Mutex::default(),
+            problems: Mutex::default(),
+            last_panic: Mutex::default(),
             committed: Mutex::default(),
             commit_seen: tokio::sync::Notify::new(),
             commits: tokio::sync::watch::Sender::new(0),
@@ -98,6 +104,34 @@ impl GroupStatus {
             .lock()
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// Says why `key`'s partition is stopped or failing (`Some`), or that it
+    /// no longer is (`None`). A partition with a problem counts as blocked.
+    pub fn set_problem(&self, key: &PartitionKey, problem: Option<String>) {
+        if let Ok(mut map) = self.problems.lock() {
+            match problem {
+                Some(reason) => map.insert(key.partition, reason),
+                None => map.remove(&key.partition),
+            };
+        }
+    }
+
+    /// Partitions stopped or failing, with the reason.
+    pub fn problems(&self) -> BTreeMap<i32, String> {
+        self.problems.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Counts a panic caught in `key`'s worker.
+    pub fn panicked(&self, key: &PartitionKey, message: &str) {
+        if let Ok(mut last) = self.last_panic.lock() {
+            *last = Some((key.partition, message.to_owned()));
+        }
+    }
+
+    /// The last panic caught: partition and message.
+    pub fn last_panic(&self) -> Option<(i32, String)> {
+        self.last_panic.lock().ok().and_then(|l| l.clone())
     }
 
     /// Records that `partition`'s next offset is durable in the view.
@@ -146,6 +180,7 @@ pub struct GroupContext {
     topic: String,
     batch_max: usize,
     drain_timeout: Duration,
+    panic_at: Option<(i32, i64)>,
     writer: Addr<DbWriter>,
     producer: Option<Addr<KafkaProducer>>,
     arbiter: ArbiterHandle,
@@ -230,6 +265,7 @@ impl GroupContext {
             status: self.status.clone(),
             batch_max: self.batch_max,
             metrics: self.status.metrics.clone(),
+            panic_at: self.panic_at,
         };
         let mut started = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
         for (partition, queue) in queues {
@@ -239,8 +275,9 @@ impl GroupContext {
                 partition,
             };
             let deps = deps.clone();
+            let start = stored.get(&partition).copied();
             let addr = Supervisor::start_in_arbiter(&self.arbiter, move |_| {
-                PartitionConsumer::new(key, queue, deps)
+                PartitionConsumer::new(key, queue, deps, start)
             });
             started.insert(partition, addr);
         }
@@ -393,6 +430,7 @@ impl ConsumerGroup {
             topic: settings.kafka_topic.clone(),
             batch_max: settings.batch_max_records as usize,
             drain_timeout: settings.drain_timeout,
+            panic_at: settings.fault_panic_at,
             writer,
             producer,
             arbiter: arbiter.handle(),

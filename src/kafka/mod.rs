@@ -6,6 +6,7 @@
 //! security settings and the `KAFKA_OPTION_*` pass-through reach them all.
 
 pub mod admin;
+pub mod dead_letter;
 pub mod group;
 pub mod lag;
 pub mod record;

@@ -112,9 +112,24 @@ async fn an_existing_topic_whose_records_expire_is_reported_at_start() {
         0,
         "the dead-letter topic chronolog created keeps its records"
     );
-    // Reported, not refused: the service still takes and projects commands.
+    // Reported, not refused: the service still takes and projects commands,
+    // and /ready shows the warning without failing.
     let id = app.accept(None).await;
     app.wait_visible(id).await;
+    let ready = app
+        .http
+        .get(format!("{}/ready", app.query_url()))
+        .send()
+        .await
+        .expect("/ready answers");
+    assert_eq!(ready.status().as_u16(), 200);
+    let body: serde_json::Value = ready.json().await.expect("JSON");
+    assert_eq!(body["components"]["topics"]["status"], "WARN", "{body}");
+    assert_eq!(
+        body["components"]["topics"]["finite_retention"],
+        serde_json::json!({ app.settings.kafka_topic.clone(): "retention.ms=604800000 (7.0 days)" }),
+        "{body}"
+    );
     app.stop().await;
 }
 

@@ -1,4 +1,4 @@
-//! The operations kit (DESIGN §8, §10): metrics as a real Prometheus scrapes
+//! The operations kit: metrics as a real Prometheus scrapes
 //! them, every dashboard query answered, lag, actor restarts, the k6 smoke
 //! tests and the compose file.
 

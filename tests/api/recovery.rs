@@ -1,4 +1,4 @@
-//! Faults survived with nothing lost or doubled (DESIGN §6), poison records,
+//! Faults survived with nothing lost or doubled, poison records,
 //! and disaster recovery: every test ends by asserting the exact id set.
 
 use std::collections::HashSet;

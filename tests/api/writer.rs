@@ -57,6 +57,7 @@ fn applied(inserted: usize, skipped: usize, next_offset: i64) -> BatchApplied {
         inserted,
         skipped,
         next_offset,
+        conflicts: Vec::new(),
     }
 }
 
@@ -181,4 +182,109 @@ async fn a_second_owner_of_the_partition_waits_for_the_first_and_skips_what_it_a
     let mut rows = row_ids(&url).await;
     rows.sort();
     assert_eq!(rows, expected);
+}
+
+#[actix_rt::test]
+async fn two_versions_of_a_command_keep_the_earliest_log_time_in_any_order() {
+    use chronolog::db::queries::{Conflict, find_record};
+    let id = Uuid::new_v4();
+    // Version `early` has the earlier log time, `late` the earlier event time.
+    let early = ProjectedRecord {
+        offset: 0,
+        command: TimestampCommand {
+            command_id: id,
+            event_timestamp: at(50),
+        },
+        accepted_at: at(1000),
+    };
+    let late = ProjectedRecord {
+        offset: 1,
+        command: TimestampCommand {
+            command_id: id,
+            event_timestamp: at(10),
+        },
+        accepted_at: at(2000),
+    };
+    let kept = (at(50), at(1000));
+    let lost = (at(10), at(2000));
+
+    // Both in one batch, in either order.
+    for batch in [[early, late], [late, early]] {
+        let (_, mut conn) = empty_view().await;
+        let outcome = apply_batch(&mut conn, &partition(0), &batch, 2)
+            .await
+            .unwrap();
+        let loser = batch
+            .iter()
+            .find(|r| r.accepted_at == at(2000))
+            .unwrap()
+            .offset;
+        assert_eq!(
+            outcome.conflicts,
+            [Conflict {
+                command_id: id,
+                kept,
+                lost,
+                lost_offset: Some(loser)
+            }]
+        );
+        let row = find_record(&mut conn, id).await.unwrap().unwrap();
+        assert_eq!((row.event_timestamp, row.created_at), kept);
+    }
+
+    // In two batches: the later log time second loses ...
+    let (_, mut conn) = empty_view().await;
+    apply_batch(&mut conn, &partition(0), &[early], 1)
+        .await
+        .unwrap();
+    let second = ProjectedRecord { offset: 0, ..late };
+    let outcome = apply_batch(&mut conn, &partition(1), &[second], 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.conflicts,
+        [Conflict {
+            command_id: id,
+            kept,
+            lost,
+            lost_offset: Some(0)
+        }]
+    );
+    let row = find_record(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!((row.event_timestamp, row.created_at), kept);
+
+    // ... and the earlier log time second replaces the row it finds.
+    let (_, mut conn) = empty_view().await;
+    apply_batch(&mut conn, &partition(1), &[second], 1)
+        .await
+        .unwrap();
+    let outcome = apply_batch(&mut conn, &partition(0), &[early], 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.conflicts,
+        [Conflict {
+            command_id: id,
+            kept,
+            lost,
+            lost_offset: None
+        }]
+    );
+    let row = find_record(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!((row.event_timestamp, row.created_at), kept);
+
+    // The same version twice (a retried produce) is no conflict, and the
+    // row keeps the earliest log time.
+    let (_, mut conn) = empty_view().await;
+    let again = ProjectedRecord {
+        offset: 1,
+        accepted_at: at(900),
+        ..early
+    };
+    let outcome = apply_batch(&mut conn, &partition(0), &[early, again], 2)
+        .await
+        .unwrap();
+    assert!(outcome.conflicts.is_empty());
+    let row = find_record(&mut conn, id).await.unwrap().unwrap();
+    assert_eq!(row.created_at, at(900));
 }

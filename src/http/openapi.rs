@@ -1,0 +1,135 @@
+//! The OpenAPI 3.1 document of each port, generated from the handlers'
+//! `#[utoipa::path]` attributes and served at `GET /openapi.json`.
+//!
+//! Every port serves the operations endpoints; the command port adds the
+//! command routes, the query port the query routes. A test checks that the
+//! document names exactly the routes a port serves and that real answers
+//! match its schemas.
+
+use std::collections::BTreeMap;
+
+use actix_web::{HttpResponse, web};
+use utoipa::OpenApi;
+
+use crate::http::{command, ops, query};
+
+/// The JSON error every 4xx and 5xx answer of chronolog's own carries.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Error)]
+#[allow(dead_code)] // Describes the body `ApiError` writes; never built.
+pub struct ErrorSchema {
+    /// A stable machine-readable code (`invalid_timestamp`, `not_found`, ...).
+    error: String,
+    /// What was wrong, for people; echoes at most 64 characters of any
+    /// client value.
+    message: String,
+}
+
+/// The body of `/health`.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Health)]
+#[allow(dead_code)] // Describes the body `health` writes; never built.
+pub struct HealthSchema {
+    /// Always `UP`.
+    status: String,
+}
+
+/// The body of `/ready`.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Ready)]
+#[allow(dead_code)] // Describes the body `ready` writes; never built.
+pub struct ReadySchema {
+    /// `UP` when no component is `DOWN`, else `DOWN`.
+    status: String,
+    /// When the dependencies were last checked (RFC 3339).
+    #[schema(format = DateTime)]
+    checked_at: String,
+    /// Each dependency of this process's roles: `database`, `broker`,
+    /// `partitions`, `topics`.
+    components: BTreeMap<String, ComponentSchema>,
+}
+
+/// One dependency on `/ready`, with its own details beside `status`.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Component)]
+#[allow(dead_code)] // Describes the body `ready` writes; never built.
+pub struct ComponentSchema {
+    /// `UP`, `DOWN`, or `WARN` (shown, not failed on).
+    status: String,
+}
+
+/// The `correlationId` request header.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Describes a header; never built.
+pub struct CorrelationIdHeader {
+    /// Carried with the command into the log and echoed in the answer;
+    /// generated when absent. At most 128 characters of `A-Za-z0-9._:-`.
+    #[param(rename = "correlationId")]
+    correlation_id: Option<String>,
+}
+
+/// The `Idempotency-Key` request header.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Describes a header; never built.
+pub struct IdempotencyKeyHeader {
+    /// A retry with the same key (from any command process, within
+    /// `IDEMPOTENCY_KEY_TTL`) gets the same command id and adds no record.
+    /// 1 to 128 characters of `A-Za-z0-9._:-`.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "chronolog"),
+    paths(ops::health, ops::ready, ops::render_metrics, openapi_json),
+    components(schemas(ErrorSchema, HealthSchema, ReadySchema, ComponentSchema)),
+    tags(
+        (name = "operations", description = "Served on every port"),
+        (name = "timestamp", description = "The timestamp service: commands into the log, queries from the view"),
+    )
+)]
+struct OperationsDoc;
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(command::submit_now, command::submit_at, command::submit_app),
+    components(schemas(command::Accepted, command::Created))
+)]
+struct CommandDoc;
+
+#[derive(OpenApi)]
+#[openapi(paths(query::get_timestamp), components(schemas(query::RecordView)))]
+struct QueryDoc;
+
+/// The document of the server called `server` (`command`, `query` or
+/// `consumer`), as JSON.
+pub fn document(server: &str) -> String {
+    let mut doc = OperationsDoc::openapi();
+    match server {
+        "command" => doc.merge(CommandDoc::openapi()),
+        "query" => doc.merge(QueryDoc::openapi()),
+        _ => {}
+    }
+    doc.info.description = Some(format!(
+        "chronolog's {server} port: commands go into a Kafka topic, the golden record; \
+         consumers project it into PostgreSQL; queries read that view."
+    ));
+    // Serialising the document cannot fail: it holds strings, maps and numbers.
+    serde_json::to_string(&doc).unwrap_or_default()
+}
+
+/// The port's OpenAPI document, shared by its workers.
+#[derive(Clone)]
+pub struct Document(pub web::Bytes);
+
+/// This port's OpenAPI 3.1 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this port", content_type = "application/json")))]
+pub async fn openapi_json(document: web::Data<Document>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(document.0.clone())
+}
