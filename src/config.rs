@@ -147,6 +147,47 @@ pub struct Settings {
     )]
     pub database_url: DatabaseUrl,
 
+    /// PostgreSQL URL of the accounts context (schema `accounts` and its
+    /// outbox); `DATABASE_URL` when unset.
+    #[arg(
+        long,
+        env = "ACCOUNTS_DATABASE_URL",
+        value_name = "ACCOUNTS_DATABASE_URL",
+        value_parser = DatabaseUrlParser,
+        hide_env_values = true
+    )]
+    pub accounts_database_url: Option<DatabaseUrl>,
+
+    /// PostgreSQL URL of the shop context (schema `shop` and its outbox);
+    /// `DATABASE_URL` when unset.
+    #[arg(
+        long,
+        env = "SHOP_DATABASE_URL",
+        value_name = "SHOP_DATABASE_URL",
+        value_parser = DatabaseUrlParser,
+        hide_env_values = true
+    )]
+    pub shop_database_url: Option<DatabaseUrl>,
+
+    /// How long a published outbox event is kept before it is deleted.
+    #[arg(long, env = "OUTBOX_RETENTION", value_name = "OUTBOX_RETENTION", default_value = "24h", value_parser = duration)]
+    pub outbox_retention: Duration,
+
+    /// How often the outbox relay looks for committed events when no commit
+    /// woke it (it is woken by each transaction that writes events).
+    #[arg(long, env = "OUTBOX_POLL_INTERVAL", value_name = "OUTBOX_POLL_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub outbox_poll_interval: Duration,
+
+    /// Most outbox events the relay publishes in one round.
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", value_name = "OUTBOX_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub outbox_batch_size: u32,
+
+    /// Prefix of the event topics the outbox relay publishes to
+    /// (`<prefix>accounts.customer.change`, `<prefix>shop.product.v1`,
+    /// `<prefix>shop.order.v1`); empty by default.
+    #[arg(long, env = "OUTBOX_TOPIC_PREFIX", value_name = "OUTBOX_TOPIC_PREFIX", default_value = "", value_parser = topic_prefix)]
+    pub outbox_topic_prefix: String,
+
     /// Connections in each PostgreSQL pool (writer and query side have one each).
     #[arg(long, env = "DATABASE_POOL_SIZE", value_name = "DATABASE_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_pool_size: u32,
@@ -428,10 +469,38 @@ impl Role {
 }
 
 impl Settings {
+    /// The database of the accounts context.
+    pub fn accounts_database(&self) -> &DatabaseUrl {
+        self.accounts_database_url
+            .as_ref()
+            .unwrap_or(&self.database_url)
+    }
+
+    /// The database of the shop context.
+    pub fn shop_database(&self) -> &DatabaseUrl {
+        self.shop_database_url
+            .as_ref()
+            .unwrap_or(&self.database_url)
+    }
+
     /// The dead-letter topic that belongs to the command topic.
     pub fn dead_letter_topic(&self) -> String {
         format!("{}.dlq", self.kafka_topic)
     }
+}
+
+/// A prefix that keeps every event topic name valid (Kafka's rule below).
+fn topic_prefix(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    let valid_chars = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if value.len() > 200 || !valid_chars {
+        return Err("a topic prefix is at most 200 characters of [a-zA-Z0-9._-]".into());
+    }
+    Ok(value.to_owned())
 }
 
 fn non_empty(value: &str) -> Result<String, String> {

@@ -5,17 +5,27 @@
 //! ([`engine`]) projects the log into PostgreSQL ([`db`]) through a consumer
 //! group, partition consumers and a DB writer ([`actors::db_writer`]). Queries read that view
 //! ([`http::query`]). [`startup::Application`] wires the roles together.
+//!
+//! Beside the timestamp service, the command role serves two bounded
+//! contexts on PostgreSQL command sides: [`accounts`] (customers) and
+//! [`shop`] (products, orders, shop's copy of the customers). Their commands
+//! write their events into a transactional [`outbox`], which the outbox
+//! relay ([`actors::outbox_relay`]) publishes to Kafka.
 
+pub mod accounts;
 pub mod actors;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod engine;
 pub mod http;
+pub mod input;
 pub mod kafka;
 pub mod metrics;
 pub mod offsets;
+pub mod outbox;
 pub mod rebuild;
+pub mod shop;
 pub mod startup;
 pub mod telemetry;
 

@@ -55,6 +55,12 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// 1 for a topic of chronolog's whose records expire (finite retention).
     pub topic_retention_finite: IntGaugeVec,
+    /// Age of the oldest outbox event not yet published, per relay.
+    pub outbox_relay_lag_seconds: prometheus::GaugeVec,
+    /// Outbox events published (acknowledged by the broker), per aggregate type.
+    pub outbox_events_published: IntCounterVec,
+    /// 1 while this process's relay holds the outbox lock and publishes, else 0.
+    pub outbox_relay_active: IntGaugeVec,
     /// Dead letters that could not be published for good (the record stays
     /// in the log at its source offset; the error log names it), by cause.
     pub dead_letter_failures: IntCounterVec,
@@ -221,6 +227,27 @@ impl Metrics {
                 ),
                 &["topic"],
             )?,
+            outbox_relay_lag_seconds: prometheus::GaugeVec::new(
+                Opts::new(
+                    "outbox_relay_lag_seconds",
+                    "Age of the oldest outbox event not yet published; 0 when caught up.",
+                ),
+                &["relay"],
+            )?,
+            outbox_events_published: IntCounterVec::new(
+                Opts::new(
+                    "outbox_events_published_total",
+                    "Outbox events published and acknowledged by the broker, per aggregate type.",
+                ),
+                &["aggregate"],
+            )?,
+            outbox_relay_active: IntGaugeVec::new(
+                Opts::new(
+                    "outbox_relay_active",
+                    "1 while this process's outbox relay holds the lock and publishes, else 0.",
+                ),
+                &["relay"],
+            )?,
             registry,
         };
         m.register()?;
@@ -254,6 +281,9 @@ impl Metrics {
         r.register(Box::new(self.partition_blocked.clone()))?;
         r.register(Box::new(self.dead_letters.clone()))?;
         r.register(Box::new(self.topic_retention_finite.clone()))?;
+        r.register(Box::new(self.outbox_relay_lag_seconds.clone()))?;
+        r.register(Box::new(self.outbox_events_published.clone()))?;
+        r.register(Box::new(self.outbox_relay_active.clone()))?;
         r.register(Box::new(self.dead_letter_failures.clone()))?;
         r.register(Box::new(self.stored_offset_ahead.clone()))?;
         Ok(())
@@ -336,6 +366,10 @@ impl Metrics {
         }
         for outcome in ["committed", "failed"] {
             self.db_transactions.with_label_values(&[outcome]);
+        }
+        for aggregate in crate::outbox::Aggregate::ALL {
+            self.outbox_events_published
+                .with_label_values(&[aggregate.as_str()]);
         }
         for reason in crate::kafka::record::DecodeError::CODES {
             self.dead_letters.with_label_values(&[reason]);

@@ -10,8 +10,10 @@ use anyhow::Context as _;
 
 use crate::actors::db_writer::DbWriter;
 use crate::actors::ingestion::Ingestion;
+use crate::actors::outbox_relay::{OutboxRelay, RelayConfig, StopRelay};
 use crate::actors::producer::{KafkaProducer, SharedProducer};
 use crate::config::{Role, Settings};
+use crate::db::DatabaseUrl;
 use crate::db::idempotency::IdempotencyStore;
 use crate::engine::group::{ConsumerGroup, Membership};
 use crate::http::ops::{BrokerProbe, Readiness};
@@ -28,7 +30,27 @@ pub struct Application {
     group: Option<ConsumerGroup>,
     lag: Option<LagMonitor>,
     producer: Option<Addr<KafkaProducer>>,
+    relays: Vec<Addr<OutboxRelay>>,
     metrics: Arc<Metrics>,
+}
+
+/// The databases of the accounts and shop contexts, each with the `relay`
+/// label of its outbox relay: one when both contexts share a database.
+fn context_databases(settings: &Settings) -> Vec<(DatabaseUrl, &'static str)> {
+    let (accounts, shop) = (settings.accounts_database(), settings.shop_database());
+    if accounts.expose() == shop.expose() {
+        vec![(accounts.clone(), "accounts_shop")]
+    } else {
+        vec![(accounts.clone(), "accounts"), (shop.clone(), "shop")]
+    }
+}
+
+/// The event topics of the outbox relays, with `OUTBOX_TOPIC_PREFIX`.
+pub fn event_topics(settings: &Settings) -> Vec<String> {
+    crate::outbox::Aggregate::ALL
+        .iter()
+        .map(|a| format!("{}{}", settings.outbox_topic_prefix, a.topic()))
+        .collect()
 }
 
 impl Application {
@@ -56,10 +78,19 @@ impl Application {
             // A refused option, a failed TLS handshake or SASL login stops
             // the start here, with librdkafka's reason and no secret in it.
             crate::kafka::preflight(settings).await?;
-            let topics = admin::ensure_topics(settings)
+            let mut topics = admin::ensure_topics(settings)
                 .await
                 .context("KAFKA_BROKERS: cannot prepare the topics")?;
-            for topic in [settings.kafka_topic.clone(), settings.dead_letter_topic()] {
+            let mut names = vec![settings.kafka_topic.clone(), settings.dead_letter_topic()];
+            if has(Role::Command) {
+                let events = event_topics(settings);
+                let report = admin::ensure_named_topics(settings, &events)
+                    .await
+                    .context("KAFKA_BROKERS: cannot prepare the event topics")?;
+                topics.finite_retention.extend(report.finite_retention);
+                names.extend(events);
+            }
+            for topic in names {
                 let finite = topics.finite_retention.contains_key(&topic);
                 metrics
                     .topic_retention_finite
@@ -99,6 +130,7 @@ impl Application {
             group: None,
             lag: None,
             producer: producer.clone(),
+            relays: Vec::new(),
             metrics: metrics.clone(),
         };
         if uses_broker {
@@ -149,6 +181,30 @@ impl Application {
             if !uses_db {
                 idempotency.prepare().await;
             }
+            // The accounts and shop contexts: their databases are migrated
+            // (in the background while down), and each database's outbox
+            // gets a relay, active in one command process at a time.
+            for (url, relay) in context_databases(settings) {
+                if !(uses_db && url.expose() == settings.database_url.expose()) {
+                    crate::db::prepare(&url, relay).await;
+                }
+                let config = RelayConfig {
+                    name: relay,
+                    database_url: url,
+                    settings: settings.clone(),
+                };
+                let relay_metrics = metrics.clone();
+                app.relays
+                    .push(OutboxRelay::new(config, relay_metrics).start());
+            }
+            let accounts_db = http::accounts::AccountsDb(crate::db::pool(
+                settings.accounts_database(),
+                settings.database_pool_size,
+            ));
+            let shop_db = http::shop::ShopDb(crate::db::pool(
+                settings.shop_database(),
+                settings.database_pool_size,
+            ));
             let shared = shared.clone();
             let ready = readiness.clone();
             let worker_metrics = metrics.clone();
@@ -167,7 +223,11 @@ impl Application {
                             .start();
                     cfg.app_data(actix_web::web::Data::new(ingestion))
                         .app_data(actix_web::web::Data::new(ready.clone()))
-                        .configure(http::command::routes);
+                        .app_data(actix_web::web::Data::new(accounts_db.clone()))
+                        .app_data(actix_web::web::Data::new(shop_db.clone()))
+                        .configure(http::command::routes)
+                        .configure(http::accounts::routes)
+                        .configure(http::shop::routes);
                 },
             )
             .with_context(|| format!("COMMAND_ADDR: cannot listen on {}", settings.command_addr))?;
@@ -257,6 +317,9 @@ impl Application {
         if let Some(lag) = self.lag.take() {
             // Joining the thread blocks for at most one measurement.
             let _ = tokio::task::spawn_blocking(move || lag.stop()).await;
+        }
+        for relay in self.relays.drain(..) {
+            let _ = relay.send(StopRelay).await;
         }
         // Dropping the last address stops the producer actor, which flushes.
         self.producer.take();

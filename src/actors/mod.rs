@@ -6,6 +6,7 @@
 //! | [`KafkaProducer`](producer::KafkaProducer) | `producer.rs` | a handle on the process's idempotent producer | `Ingestion` of its worker thread; partition consumers (one on the system arbiter) | `PublishCommand`, `PublishDeadLetter` → `Delivered` | 4096 |
 //! | [`PartitionConsumer`](crate::engine::partition_consumer::PartitionConsumer) | `engine/partition_consumer.rs` | one partition's queue, its committed offset | the group's rebalance callback | `Drain` → `PartitionDrained` | 16 |
 //! | [`DbWriter`](db_writer::DbWriter) | `db_writer.rs` | the write-side connection pool | partition consumers, the group | `WriteBatch` → `BatchCommitted`, `LoadOffsets` | 1024 |
+//! | [`OutboxRelay`](outbox_relay::OutboxRelay) | `outbox_relay.rs` | one database connection holding the relay lock, its own idempotent producer | the application (one relay per accounts/shop database) | `StopRelay` | 4 |
 //!
 //! The command API runs one `Ingestion` and one `KafkaProducer` on each HTTP
 //! worker thread, so that a command goes from handler to librdkafka without
@@ -26,4 +27,5 @@
 
 pub mod db_writer;
 pub mod ingestion;
+pub mod outbox_relay;
 pub mod producer;

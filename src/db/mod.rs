@@ -136,3 +136,43 @@ pub async fn run_migrations(database_url: &DatabaseUrl) -> Result<(), DbError> {
     tracing::info!(applied, "database migrations are up to date");
     Ok(())
 }
+
+/// Longest one attempt of [`prepare`] waits for the database.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest pause between two attempts of [`prepare`].
+const PREPARE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Applies the migrations to a database that a role needs but must not
+/// wait for: one attempt now, then, if the database is not there, attempts
+/// in the background with capped backoff until one succeeds. `what` names
+/// the database in the logs.
+pub async fn prepare(database_url: &DatabaseUrl, what: &'static str) {
+    async fn attempt(url: &DatabaseUrl, what: &'static str) -> bool {
+        match tokio::time::timeout(PREPARE_TIMEOUT, run_migrations(url)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, database = what, "database not ready; retrying");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?PREPARE_TIMEOUT, database = what, "database did not answer; retrying");
+                false
+            }
+        }
+    }
+    if attempt(database_url, what).await {
+        return;
+    }
+    let url = database_url.clone();
+    tokio::spawn(async move {
+        let mut pause = Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(pause).await;
+            if attempt(&url, what).await {
+                tracing::info!(database = what, "database ready");
+                return;
+            }
+            pause = (pause * 2).min(PREPARE_BACKOFF_MAX);
+        }
+    });
+}

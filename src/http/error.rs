@@ -115,6 +115,116 @@ impl ResponseError for ApiError {
     }
 }
 
+/// An error of the accounts and shop commands, answered in the same JSON
+/// shape with the fields a client needs to act on it: `field` names the
+/// request field at fault, a stock refusal names the product and what is left.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// A request field is missing, of the wrong type or out of bounds.
+    #[error("{0}")]
+    Invalid(#[from] crate::input::FieldError),
+    /// The path's id is not a valid id.
+    #[error("'{0}' is not a valid id")]
+    InvalidId(String),
+    /// No such customer, product or order.
+    #[error("no {what} with id {id}")]
+    NotFound {
+        /// `customer`, `product`, `order`.
+        what: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// The request names something that does not exist.
+    #[error("{message}")]
+    Unknown {
+        /// `unknown_customer`, `unknown_product`.
+        code: &'static str,
+        /// The request field that names it.
+        field: String,
+        /// What is missing.
+        message: String,
+    },
+    /// An order asks for more than the stock.
+    #[error(
+        "insufficient stock of product {product_id} ({product_name}): {requested} asked, {available} left"
+    )]
+    InsufficientStock {
+        /// The request field of the item.
+        field: String,
+        /// The product.
+        product_id: uuid::Uuid,
+        /// Its name.
+        product_name: String,
+        /// The quantity asked for.
+        requested: i64,
+        /// What is left.
+        available: i64,
+    },
+    /// The database failed; a lost connection is a 503, anything else a bug.
+    #[error("{0}")]
+    Database(#[from] crate::db::DbError),
+}
+
+impl ContextError {
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ContextError::Invalid(_) => "invalid_field",
+            ContextError::InvalidId(_) => "invalid_id",
+            ContextError::NotFound { .. } => "not_found",
+            ContextError::Unknown { code, .. } => code,
+            ContextError::InsufficientStock { .. } => "insufficient_stock",
+            ContextError::Database(e) if e.is_connection_lost() => "unavailable",
+            ContextError::Database(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ContextError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ContextError::Invalid(_) | ContextError::InvalidId(_) => StatusCode::BAD_REQUEST,
+            ContextError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ContextError::Unknown { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ContextError::InsufficientStock { .. } => StatusCode::CONFLICT,
+            ContextError::Database(e) if e.is_connection_lost() => StatusCode::SERVICE_UNAVAILABLE,
+            ContextError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = serde_json::json!({"error": self.code(), "message": self.to_string()});
+        match self {
+            ContextError::Invalid(e) => body["field"] = e.field.clone().into(),
+            ContextError::InvalidId(_) => body["field"] = "id".into(),
+            ContextError::Unknown { field, .. } => body["field"] = field.clone().into(),
+            ContextError::InsufficientStock {
+                field,
+                product_id,
+                product_name,
+                requested,
+                available,
+            } => {
+                body["field"] = field.clone().into();
+                body["productId"] = product_id.to_string().into();
+                body["productName"] = product_name.clone().into();
+                body["requested"] = (*requested).into();
+                body["available"] = (*available).into();
+            }
+            ContextError::Database(error) => {
+                if error.is_connection_lost() {
+                    tracing::warn!(%error, "database unavailable");
+                } else {
+                    tracing::error!(%error, "database command failed");
+                    body["message"] = "internal error".into();
+                }
+            }
+            ContextError::NotFound { .. } => {}
+        }
+        HttpResponse::build(self.status_code()).json(body)
+    }
+}
+
 /// Shortens client-supplied text before it is echoed in a message.
 pub fn shorten(s: &str) -> String {
     Echo(s).to_string()

@@ -4,7 +4,8 @@
 //! * A request with both `Content-Length` and `Transfer-Encoding` is refused
 //!   with 400 and its connection closed: a proxy in front may have framed it
 //!   the other way, so whatever follows on that connection is not trusted.
-//! * No route takes a body: one larger than [`BODY_LIMIT`] is refused with
+//! * Only the accounts and shop routes take a body (small JSON documents):
+//!   one larger than [`BODY_LIMIT`] is refused with
 //!   413. The refused body is read and thrown away first (up to
 //!   [`DRAIN_LIMIT`], for at most [`DRAIN_TIMEOUT`]), so that a client that
 //!   sends its whole body before reading gets the 413 rather than a reset
@@ -41,8 +42,10 @@ use crate::metrics::Metrics;
 /// names are case-insensitive; a static name costs no conversion per request).
 pub const CORRELATION_HEADER: HeaderName = HeaderName::from_static("correlationid");
 
-/// Largest request body accepted; no route takes a body, so a larger one is
-/// a client error rather than something to ignore.
+/// Largest request body accepted: the accounts and shop routes take JSON
+/// documents well under it (a customer, an order of up to 50 items); the
+/// other routes take none, so a larger one is a client error rather than
+/// something to ignore.
 pub const BODY_LIMIT: usize = 4 * 1024;
 
 /// Most bytes of a refused body read (and thrown away) before answering.

@@ -14,12 +14,14 @@
 //!   of its own, and without one such a client holds its answer in memory
 //!   for as long as it keeps the connection open.
 
+pub mod accounts;
 pub mod command;
 pub mod error;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
 pub mod query;
+pub mod shop;
 pub mod wait;
 
 use std::net::{SocketAddr, TcpListener};

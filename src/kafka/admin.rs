@@ -70,12 +70,35 @@ pub fn partition_count(settings: &Settings, topic: &str) -> Result<Option<usize>
 /// with what to do; the report lets the caller show it on `/ready` and as a
 /// metric.
 pub async fn ensure_topics(settings: &Settings) -> Result<TopicReport, AdminError> {
+    ensure_named_topics(
+        settings,
+        &[settings.kafka_topic.clone(), settings.dead_letter_topic()],
+    )
+    .await
+}
+
+/// Creates `topics` as [`ensure_topics`] creates the command topic (same
+/// partition count, replication, retention kept for good), and checks the
+/// retention of those that exist. The event topics of the outbox relay are
+/// created through here: they are the golden record of accounts and shop.
+pub async fn ensure_named_topics(
+    settings: &Settings,
+    topics: &[String],
+) -> Result<TopicReport, AdminError> {
     let admin: AdminClient<TracingContext> = base_config(settings)
         .create_with_context(TracingContext)
         .map_err(AdminError::Client)?;
     let mut report = TopicReport::default();
-    for topic in [settings.kafka_topic.clone(), settings.dead_letter_topic()] {
-        let retention = match ensure_topic(settings, &admin, &topic).await? {
+    // Concurrently: a broker that does not answer CreateTopics (the mock
+    // cluster) costs one timeout, not one per topic.
+    let created = futures::future::join_all(
+        topics
+            .iter()
+            .map(|topic| async { (topic.clone(), ensure_topic(settings, &admin, topic).await) }),
+    )
+    .await;
+    for (topic, created) in created {
+        let retention = match created? {
             Created::Now => Some(finite_retention(
                 Some(&settings.kafka_topic_retention_ms.to_string()),
                 Some("-1"),

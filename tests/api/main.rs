@@ -4,6 +4,8 @@
 // A failed expectation in a test is a panic by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod accounts;
+mod bad_input;
 mod binary;
 mod command;
 mod compat;
@@ -15,10 +17,12 @@ mod idempotency;
 mod kafka_wire;
 mod openapi;
 mod ops;
+mod outbox;
 mod pipeline;
 mod query;
 mod recovery;
 mod secrets;
 mod secure_rig;
+mod shop;
 mod tls;
 mod writer;

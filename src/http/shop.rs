@@ -1,0 +1,152 @@
+//! The shop routes of the command API: products and orders.
+
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
+use uuid::Uuid;
+
+use crate::db::Pool;
+use crate::domain::CorrelationId;
+use crate::http::error::{ContextError, shorten};
+use crate::input::parse_body;
+use crate::shop::{NewOrder, NewProduct, ProductChange, ShopError, store};
+
+/// The shop context's database.
+#[derive(Clone)]
+pub struct ShopDb(pub Pool);
+
+/// Routes of the shop context.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        super::resource("/api/v1/products")
+            .route(web::post().to(create_product))
+            .default_service(web::to(super::method_not_allowed)),
+    )
+    .service(
+        super::resource("/api/v1/products/{id}")
+            .route(web::put().to(update_product))
+            .route(web::delete().to(delete_product))
+            .default_service(web::to(super::method_not_allowed)),
+    )
+    .service(
+        super::resource("/api/v1/orders")
+            .route(web::post().to(place_order))
+            .default_service(web::to(super::method_not_allowed)),
+    )
+    .service(
+        super::resource("/api/v1/orders/{id}")
+            .route(web::delete().to(delete_order))
+            .default_service(web::to(super::method_not_allowed)),
+    );
+}
+
+impl From<ShopError> for ContextError {
+    fn from(error: ShopError) -> Self {
+        match error {
+            ShopError::Invalid(e) => ContextError::Invalid(e),
+            ShopError::UnknownCustomer(id) => ContextError::Unknown {
+                code: "unknown_customer",
+                field: "customerId".into(),
+                message: ShopError::UnknownCustomer(id).to_string(),
+            },
+            ShopError::NoShippingAddress(id) => ContextError::Unknown {
+                code: "no_shipping_address",
+                field: "customerId".into(),
+                message: ShopError::NoShippingAddress(id).to_string(),
+            },
+            ShopError::UnknownProduct { field, product_id } => ContextError::Unknown {
+                code: "unknown_product",
+                field,
+                message: format!("no product with id {product_id}"),
+            },
+            ShopError::InsufficientStock {
+                field,
+                product_id,
+                product_name,
+                requested,
+                available,
+            } => ContextError::InsufficientStock {
+                field,
+                product_id,
+                product_name,
+                requested: requested.into(),
+                available: available.into(),
+            },
+            ShopError::NotFound { what, id } => ContextError::NotFound {
+                what,
+                id: id.to_string(),
+            },
+            ShopError::Database(e) => ContextError::Database(e),
+        }
+    }
+}
+
+fn uuid(raw: &str) -> Result<Uuid, ContextError> {
+    Uuid::parse_str(raw).map_err(|_| ContextError::InvalidId(shorten(raw)))
+}
+
+async fn create_product(
+    body: web::Bytes,
+    db: web::Data<ShopDb>,
+    correlation_id: CorrelationId,
+) -> Result<HttpResponse, ContextError> {
+    let new = NewProduct::from_json(&parse_body(&body)?)?;
+    let product = store::create_product(&db.0, &new, &correlation_id).await?;
+    tracing::info!(product_id = %product.product_id, "product created");
+    Ok(HttpResponse::Created()
+        .insert_header((
+            header::LOCATION,
+            format!("/api/v1/products/{}", product.product_id),
+        ))
+        .json(product))
+}
+
+async fn update_product(
+    id: web::Path<String>,
+    body: web::Bytes,
+    db: web::Data<ShopDb>,
+    correlation_id: CorrelationId,
+) -> Result<HttpResponse, ContextError> {
+    let id = uuid(&id)?;
+    let change = ProductChange::from_json(&parse_body(&body)?)?;
+    let product = store::update_product(&db.0, id, &change, &correlation_id).await?;
+    tracing::info!(product_id = %id, "product updated");
+    Ok(HttpResponse::Ok().json(product))
+}
+
+async fn delete_product(
+    id: web::Path<String>,
+    db: web::Data<ShopDb>,
+    correlation_id: CorrelationId,
+) -> Result<HttpResponse, ContextError> {
+    let id = uuid(&id)?;
+    store::delete_product(&db.0, id, &correlation_id).await?;
+    tracing::info!(product_id = %id, "product deleted");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn place_order(
+    body: web::Bytes,
+    db: web::Data<ShopDb>,
+    correlation_id: CorrelationId,
+) -> Result<HttpResponse, ContextError> {
+    let new = NewOrder::from_json(&parse_body(&body)?)?;
+    let order = store::place_order(&db.0, &new, &correlation_id).await?;
+    tracing::info!(order_id = %order.order_id, customer_id = order.customer_id, "order placed");
+    Ok(HttpResponse::Created()
+        .insert_header((
+            header::LOCATION,
+            format!("/api/v1/orders/{}", order.order_id),
+        ))
+        .json(order))
+}
+
+async fn delete_order(
+    id: web::Path<String>,
+    db: web::Data<ShopDb>,
+    correlation_id: CorrelationId,
+) -> Result<HttpResponse, ContextError> {
+    let id = uuid(&id)?;
+    store::delete_order(&db.0, id, &correlation_id).await?;
+    tracing::info!(order_id = %id, "order deleted");
+    Ok(HttpResponse::NoContent().finish())
+}
