@@ -35,7 +35,7 @@ const CARD_TYPE: Text = Text { max: 32 };
 const CARD_NUMBER: Text = Text { max: 32 };
 
 /// A customer as the accounts service describes it (card numbers masked).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Customer {
     /// The customer's id, chosen by the accounts service.
@@ -51,7 +51,7 @@ pub struct Customer {
 }
 
 /// A customer's name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Name {
     /// `Mr.`, `Dr.`, ...
@@ -67,7 +67,7 @@ pub struct Name {
 }
 
 /// A customer's phone numbers and e-mail address.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Contact {
     /// Optional.
@@ -79,7 +79,7 @@ pub struct Contact {
 }
 
 /// What an address is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AddressType {
     /// Where the bills go.
@@ -108,7 +108,7 @@ impl AddressType {
 }
 
 /// A postal address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Address {
     /// `BILLING` or `SHIPPING`.
@@ -129,7 +129,7 @@ pub struct Address {
 }
 
 /// A credit card, its number masked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreditCard {
     /// `VISA`, ...

@@ -29,13 +29,27 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
-#[derive(Serialize)]
-struct Saved {
+/// The answer of `POST /accounts/customer/create`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Saved {
+    /// The customer id.
     id: i64,
+    /// The customer's version after this change (1 for a new customer).
     version: i64,
 }
 
-async fn create(
+/// Creates or updates customer `id` from the accounts service's JSON; card
+/// numbers are masked to their last four digits before anything stores,
+/// logs or publishes them. The change and its event commit together.
+#[utoipa::path(post, path = "/accounts/customer/create", tag = "accounts",
+    params(super::openapi::CorrelationIdHeader),
+    request_body(content = crate::accounts::Customer, description = "The accounts service's customer JSON"),
+    responses(
+        (status = 200, description = "Saved", body = Saved),
+        (status = 400, description = "Malformed JSON, a wrong type, a value out of bounds (names the field)", body = super::openapi::ContextErrorSchema),
+        (status = 503, description = "The accounts database is unavailable", body = super::openapi::ContextErrorSchema),
+    ))]
+pub(crate) async fn create(
     body: web::Bytes,
     db: web::Data<AccountsDb>,
     correlation_id: CorrelationId,
@@ -62,15 +76,23 @@ pub fn customer_id(raw: &str) -> Result<i64, ContextError> {
         .ok_or_else(|| ContextError::InvalidId(shorten(raw)))
 }
 
-/// A customer as stored, with its version.
-#[derive(Serialize)]
-struct Stored {
+/// A customer as stored (card numbers masked), with its version.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Stored {
     #[serde(flatten)]
     customer: Customer,
     version: i64,
 }
 
-async fn get(
+/// A customer as stored.
+#[utoipa::path(get, path = "/accounts/customer/{id}", tag = "accounts",
+    params(("id" = i64, Path, description = "The customer id, a positive integer")),
+    responses(
+        (status = 200, description = "The customer", body = Stored),
+        (status = 400, description = "Not a positive integer", body = super::openapi::ContextErrorSchema),
+        (status = 404, description = "No such customer", body = super::openapi::ContextErrorSchema),
+    ))]
+pub(crate) async fn get(
     id: web::Path<String>,
     db: web::Data<AccountsDb>,
 ) -> Result<HttpResponse, ContextError> {
@@ -84,7 +106,15 @@ async fn get(
     }
 }
 
-async fn delete(
+/// Deletes a customer (a CustomerDeleted event).
+#[utoipa::path(delete, path = "/accounts/customer/{id}", tag = "accounts",
+    params(("id" = i64, Path, description = "The customer id, a positive integer"), super::openapi::CorrelationIdHeader),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Not a positive integer", body = super::openapi::ContextErrorSchema),
+        (status = 404, description = "No such customer", body = super::openapi::ContextErrorSchema),
+    ))]
+pub(crate) async fn delete(
     id: web::Path<String>,
     db: web::Data<AccountsDb>,
     correlation_id: CorrelationId,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use actix_web::{HttpResponse, web};
 use utoipa::OpenApi;
 
-use crate::http::{command, ops, query};
+use crate::http::{accounts, command, ops, query, shop};
 
 /// The JSON error every 4xx and 5xx answer of chronolog's own carries.
 #[derive(utoipa::ToSchema)]
@@ -23,6 +23,82 @@ pub struct ErrorSchema {
     /// What was wrong, for people; echoes at most 64 characters of any
     /// client value.
     message: String,
+}
+
+/// The JSON error of the accounts and shop routes: the common shape plus
+/// the request field at fault and, for `insufficient_stock`, the product.
+#[derive(utoipa::ToSchema)]
+#[schema(as = ContextError)]
+#[allow(dead_code)] // Describes the body `ContextError` writes; never built.
+pub struct ContextErrorSchema {
+    /// A stable machine-readable code (`invalid_field`, `insufficient_stock`, ...).
+    error: String,
+    /// What was wrong, for people.
+    message: String,
+    /// The request field at fault, as a path (`items[1].quantity`).
+    field: Option<String>,
+    /// `insufficient_stock`: the product.
+    #[serde(rename = "productId")]
+    product_id: Option<uuid::Uuid>,
+    /// `insufficient_stock`: its name.
+    #[serde(rename = "productName")]
+    product_name: Option<String>,
+    /// `insufficient_stock`: how many were asked.
+    requested: Option<i64>,
+    /// `insufficient_stock`: how many are left.
+    available: Option<i64>,
+}
+
+/// `POST /api/v1/products`.
+#[derive(utoipa::ToSchema)]
+#[schema(as = NewProduct)]
+#[allow(dead_code)] // Describes a request body; never built.
+pub struct NewProductSchema {
+    /// 1 to 200 characters.
+    name: String,
+    /// A number or a string with at most two decimals, 0.01 and up.
+    #[schema(value_type = String, example = "19.99")]
+    price: String,
+    /// Items in stock, 0 or more.
+    stock: i32,
+}
+
+/// `PUT /api/v1/products/{id}`: any of the fields.
+#[derive(utoipa::ToSchema)]
+#[schema(as = ProductChange)]
+#[allow(dead_code)] // Describes a request body; never built.
+pub struct ProductChangeSchema {
+    /// 1 to 200 characters.
+    name: Option<String>,
+    /// A number or a string with at most two decimals.
+    #[schema(value_type = Option<String>, example = "17.50")]
+    price: Option<String>,
+    /// Items in stock, 0 or more.
+    stock: Option<i32>,
+}
+
+/// `POST /api/v1/orders`.
+#[derive(utoipa::ToSchema)]
+#[schema(as = NewOrder)]
+#[allow(dead_code)] // Describes a request body; never built.
+pub struct NewOrderSchema {
+    /// The customer (shop's copy of it must exist).
+    #[serde(rename = "customerId")]
+    customer_id: i64,
+    /// At least one item.
+    items: Vec<NewOrderItemSchema>,
+}
+
+/// One item of `POST /api/v1/orders`.
+#[derive(utoipa::ToSchema)]
+#[schema(as = NewOrderItem)]
+#[allow(dead_code)] // Describes a request body; never built.
+pub struct NewOrderItemSchema {
+    /// The product.
+    #[serde(rename = "productId")]
+    product_id: uuid::Uuid,
+    /// 1 or more.
+    quantity: i32,
 }
 
 /// The body of `/health`.
@@ -101,6 +177,37 @@ struct OperationsDoc;
 struct CommandDoc;
 
 #[derive(OpenApi)]
+#[openapi(
+    paths(
+        accounts::create,
+        accounts::get,
+        accounts::delete,
+        shop::create_product,
+        shop::update_product,
+        shop::delete_product,
+        shop::place_order,
+        shop::delete_order,
+    ),
+    components(schemas(
+        ContextErrorSchema,
+        NewProductSchema,
+        ProductChangeSchema,
+        NewOrderSchema,
+        NewOrderItemSchema,
+        accounts::Saved,
+        accounts::Stored,
+        crate::accounts::Customer,
+        crate::shop::Product,
+        crate::shop::Order,
+    )),
+    tags(
+        (name = "accounts", description = "The accounts context: the system of record for customers"),
+        (name = "shop", description = "The shop context: products, stock and orders"),
+    )
+)]
+struct ShopDoc;
+
+#[derive(OpenApi)]
 #[openapi(paths(query::get_timestamp), components(schemas(query::RecordView)))]
 struct QueryDoc;
 
@@ -109,7 +216,10 @@ struct QueryDoc;
 pub fn document(server: &str) -> String {
     let mut doc = OperationsDoc::openapi();
     match server {
-        "command" => doc.merge(CommandDoc::openapi()),
+        "command" => {
+            doc.merge(CommandDoc::openapi());
+            doc.merge(ShopDoc::openapi());
+        }
         "query" => doc.merge(QueryDoc::openapi()),
         _ => {}
     }

@@ -84,7 +84,15 @@ fn uuid(raw: &str) -> Result<Uuid, ContextError> {
     Uuid::parse_str(raw).map_err(|_| ContextError::InvalidId(shorten(raw)))
 }
 
-async fn create_product(
+/// Creates a product (a ProductCreated event).
+#[utoipa::path(post, path = "/api/v1/products", tag = "shop",
+    params(super::openapi::CorrelationIdHeader),
+    request_body(content = super::openapi::NewProductSchema),
+    responses(
+        (status = 201, description = "Created; `Location` names it", body = crate::shop::Product),
+        (status = 400, description = "Malformed JSON, a wrong type, a value out of bounds (names the field)", body = super::openapi::ContextErrorSchema),
+    ))]
+pub(crate) async fn create_product(
     body: web::Bytes,
     db: web::Data<ShopDb>,
     correlation_id: CorrelationId,
@@ -100,7 +108,16 @@ async fn create_product(
         .json(product))
 }
 
-async fn update_product(
+/// Changes any of a product's name, price and stock (a ProductUpdated event).
+#[utoipa::path(put, path = "/api/v1/products/{id}", tag = "shop",
+    params(("id" = uuid::Uuid, Path, description = "The product id"), super::openapi::CorrelationIdHeader),
+    request_body(content = super::openapi::ProductChangeSchema),
+    responses(
+        (status = 200, description = "The product", body = crate::shop::Product),
+        (status = 400, description = "Malformed input (names the field)", body = super::openapi::ContextErrorSchema),
+        (status = 404, description = "No such product", body = super::openapi::ContextErrorSchema),
+    ))]
+pub(crate) async fn update_product(
     id: web::Path<String>,
     body: web::Bytes,
     db: web::Data<ShopDb>,
@@ -113,7 +130,15 @@ async fn update_product(
     Ok(HttpResponse::Ok().json(product))
 }
 
-async fn delete_product(
+/// Deletes a product (a ProductDeleted event).
+#[utoipa::path(delete, path = "/api/v1/products/{id}", tag = "shop",
+    params(("id" = uuid::Uuid, Path, description = "The product id"), super::openapi::CorrelationIdHeader),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Not a UUID", body = super::openapi::ContextErrorSchema),
+        (status = 404, description = "No such product", body = super::openapi::ContextErrorSchema),
+    ))]
+pub(crate) async fn delete_product(
     id: web::Path<String>,
     db: web::Data<ShopDb>,
     correlation_id: CorrelationId,
@@ -124,7 +149,19 @@ async fn delete_product(
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn place_order(
+/// Places an order: in one transaction, locks and checks the stock,
+/// decrements it, prices the items at the current price and writes the
+/// order with its events (OrderCreated, a ProductSold per item).
+#[utoipa::path(post, path = "/api/v1/orders", tag = "shop",
+    params(super::openapi::CorrelationIdHeader),
+    request_body(content = super::openapi::NewOrderSchema),
+    responses(
+        (status = 201, description = "Placed; ships to the customer's SHIPPING address (else BILLING)", body = crate::shop::Order),
+        (status = 400, description = "Malformed input, a quantity below 1 (names the field)", body = super::openapi::ContextErrorSchema),
+        (status = 409, description = "insufficient_stock: names the product and what is left; nothing written", body = super::openapi::ContextErrorSchema),
+        (status = 422, description = "unknown_customer (shop has no copy of the customer yet) or unknown_product", body = super::openapi::ContextErrorSchema),
+    ))]
+pub(crate) async fn place_order(
     body: web::Bytes,
     db: web::Data<ShopDb>,
     correlation_id: CorrelationId,
@@ -140,7 +177,15 @@ async fn place_order(
         .json(order))
 }
 
-async fn delete_order(
+/// Deletes an order and returns its stock (an OrderDeleted event).
+#[utoipa::path(delete, path = "/api/v1/orders/{id}", tag = "shop",
+    params(("id" = uuid::Uuid, Path, description = "The order id"), super::openapi::CorrelationIdHeader),
+    responses(
+        (status = 204, description = "Deleted; the stock is back"),
+        (status = 400, description = "Not a UUID", body = super::openapi::ContextErrorSchema),
+        (status = 404, description = "No such order", body = super::openapi::ContextErrorSchema),
+    ))]
+pub(crate) async fn delete_order(
     id: web::Path<String>,
     db: web::Data<ShopDb>,
     correlation_id: CorrelationId,

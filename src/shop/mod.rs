@@ -35,7 +35,7 @@ pub const MAX_ITEMS: usize = 50;
 pub const MAX_QUANTITY: i64 = 1_000_000;
 
 /// A product as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Product {
     /// Given by shop at creation.
@@ -43,6 +43,7 @@ pub struct Product {
     /// Its name.
     pub name: String,
     /// Its current price.
+    #[schema(value_type = String, example = "19.99")]
     pub price: Money,
     /// Items in stock, never negative.
     pub stock: i32,
@@ -191,7 +192,8 @@ impl NewOrder {
 }
 
 /// What an address of shop's customer copy is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = ShopAddressType)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AddressType {
     /// Where the bills go.
@@ -220,7 +222,8 @@ impl AddressType {
 }
 
 /// An address as shop keeps it (the customer's, and the one an order ships to).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = ShippingAddress)]
 #[serde(rename_all = "camelCase")]
 pub struct Address {
     /// `BILLING` or `SHIPPING`.
@@ -292,7 +295,7 @@ pub fn shipping_address(addresses: &[Address]) -> Option<&Address> {
 }
 
 /// An order as the API shows it and `OrderCreated` carries it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Order {
     /// Given by shop.
@@ -302,6 +305,7 @@ pub struct Order {
     /// When it was placed.
     pub order_date: DateTime<Utc>,
     /// Sum of price × quantity of the items.
+    #[schema(value_type = String, example = "39.98")]
     pub total_price: Money,
     /// The items, in the order given.
     pub items: Vec<OrderItem>,
@@ -310,7 +314,7 @@ pub struct Order {
 }
 
 /// An item of an order, at the price of the time of sale.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderItem {
     /// The product.
@@ -320,6 +324,7 @@ pub struct OrderItem {
     /// How many.
     pub quantity: i32,
     /// Its unit price at the time of sale.
+    #[schema(value_type = String, example = "19.99")]
     pub price: Money,
 }
 

@@ -16,10 +16,18 @@ const OPERATIONS: [&str; 4] = [
     "get /metrics",
     "get /openapi.json",
 ];
-const COMMAND: [&str; 3] = [
+const COMMAND: [&str; 11] = [
     "post /api/v1/timestamp",
     "post /api/v1/timestamp/{timestamp}",
     "post /app",
+    "post /accounts/customer/create",
+    "get /accounts/customer/{id}",
+    "delete /accounts/customer/{id}",
+    "post /api/v1/products",
+    "put /api/v1/products/{id}",
+    "delete /api/v1/products/{id}",
+    "post /api/v1/orders",
+    "delete /api/v1/orders/{id}",
 ];
 const QUERY: [&str; 1] = ["get /api/v1/timestamp/{id}"];
 
@@ -81,7 +89,7 @@ fn validate_document(doc: &Value) {
 }
 
 /// Checks `value` against `schema` for what chronolog's schemas use:
-/// `$ref`, `type` (one or several), `properties`, `required`, `format`
+/// `$ref`, `allOf`, `type` (one or several), `properties`, `required`, `format`
 /// (`uuid`, `date-time`), `additionalProperties`, `items`. Returns the
 /// first mismatch.
 fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
@@ -90,6 +98,9 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), Str
             .strip_prefix("#/components/schemas/")
             .ok_or_else(|| format!("{at}: unsupported $ref {reference}"))?;
         return check(doc, &doc["components"]["schemas"][name], value, at);
+    }
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        check(doc, part, value, at)?;
     }
     let types: Vec<&str> = match &schema["type"] {
         Value::String(t) => vec![t.as_str()],
@@ -159,13 +170,35 @@ async fn exercise(
     operation: &str,
     concrete: &str,
     expected_status: u16,
-) {
+) -> Value {
+    exercise_with(http, doc, base, operation, concrete, None, expected_status).await
+}
+
+/// [`exercise`] with a JSON request body; returns the answer's JSON body
+/// (`null` when it has none).
+async fn exercise_with(
+    http: &reqwest::Client,
+    doc: &Value,
+    base: &str,
+    operation: &str,
+    concrete: &str,
+    body: Option<Value>,
+    expected_status: u16,
+) -> Value {
     let (method, path) = operation.split_once(' ').expect("METHOD path");
-    let request = match method {
-        "get" => http.get(format!("{base}{concrete}")),
-        "post" => http.post(format!("{base}{concrete}")),
+    let url = format!("{base}{concrete}");
+    let mut request = match method {
+        "get" => http.get(url),
+        "post" => http.post(url),
+        "put" => http.put(url),
+        "delete" => http.delete(url),
         other => panic!("no request for {other}"),
     };
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
     let response = request
         .header("correlationId", "openapi-check")
         .send()
@@ -179,12 +212,17 @@ async fn exercise(
         "{operation}: status {status} is not documented"
     );
     let body = response.text().await.expect("body");
+    if documented["content"].is_null() {
+        assert!(body.is_empty(), "{operation}: undocumented body {body}");
+        return Value::Null;
+    }
     let Some(schema) = documented["content"]["application/json"]["schema"].as_object() else {
-        return;
+        return Value::Null;
     };
     let value: Value = serde_json::from_str(&body).expect("a JSON body");
     check(doc, &Value::Object(schema.clone()), &value, operation)
         .unwrap_or_else(|e| panic!("{operation}: {e}\n{body}"));
+    value
 }
 
 #[actix_rt::test]
@@ -249,6 +287,102 @@ async fn every_port_documents_exactly_its_routes_and_answers_as_documented() {
     .await;
     exercise(&app.http, c, &command, COMMAND[2], "/app", 200).await;
 
+    // The accounts and shop routes, each answer checked against its schema.
+    let customer_id = 1_000_000 + i64::from(rand_suffix());
+    let customer = json!({
+        "id": customer_id,
+        "name": {"title": "Ms", "firstName": "Ada", "lastName": "Lovelace"},
+        "contact": {"email": "ada@example.com"},
+        "addresses": [{"type": "SHIPPING", "address1": "1 Analytical Way", "city": "London"}],
+        "creditCards": [{"type": "VISA", "number": "4111 1111 1111 1111", "expiration": "12/30"}],
+    });
+    let saved = exercise_with(
+        &app.http,
+        c,
+        &command,
+        COMMAND[3],
+        "/accounts/customer/create",
+        Some(customer),
+        200,
+    )
+    .await;
+    assert_eq!(saved["id"], customer_id);
+    let path = format!("/accounts/customer/{customer_id}");
+    let stored = exercise(&app.http, c, &command, COMMAND[4], &path, 200).await;
+    assert_eq!(stored["creditCards"][0]["number"], "************1111");
+    exercise_with(
+        &app.http,
+        c,
+        &command,
+        COMMAND[3],
+        "/accounts/customer/create",
+        Some(json!({"id": "x"})),
+        400,
+    )
+    .await;
+    exercise(&app.http, c, &command, COMMAND[5], &path, 204).await;
+    exercise(&app.http, c, &command, COMMAND[4], &path, 404).await;
+
+    let product = exercise_with(
+        &app.http,
+        c,
+        &command,
+        COMMAND[6],
+        "/api/v1/products",
+        Some(json!({"name": "Difference Engine", "price": "19.99", "stock": 3})),
+        201,
+    )
+    .await;
+    let product_id = product["productId"].as_str().expect("an id").to_owned();
+    let path = format!("/api/v1/products/{product_id}");
+    let changed = exercise_with(
+        &app.http,
+        c,
+        &command,
+        COMMAND[7],
+        &path,
+        Some(json!({"price": 17.5})),
+        200,
+    )
+    .await;
+    assert_eq!(changed["price"], "17.50");
+    exercise_with(
+        &app.http,
+        c,
+        &command,
+        COMMAND[9],
+        "/api/v1/orders",
+        Some(
+            json!({"customerId": customer_id, "items": [{"productId": product_id, "quantity": 1}]}),
+        ),
+        422,
+    )
+    .await;
+    exercise_with(
+        &app.http,
+        c,
+        &command,
+        COMMAND[9],
+        "/api/v1/orders",
+        Some(
+            json!({"customerId": customer_id, "items": [{"productId": product_id, "quantity": 0}]}),
+        ),
+        400,
+    )
+    .await;
+    exercise(&app.http, c, &command, COMMAND[8], &path, 204).await;
+    exercise(&app.http, c, &command, COMMAND[8], &path, 404).await;
+    let absent = uuid::Uuid::new_v4();
+    exercise(
+        &app.http,
+        c,
+        &command,
+        COMMAND[10],
+        &format!("/api/v1/orders/{absent}"),
+        404,
+    )
+    .await;
+
     let id = app.accept(Some("2009-09-28T19:03:12Z")).await;
     app.wait_visible(id).await;
     let q = &query_doc;
@@ -307,4 +441,9 @@ async fn a_consumer_port_documents_the_operations_endpoints() {
         exercise(&app.http, &doc, &base, operation, path, 200).await;
     }
     app.stop().await;
+}
+
+/// A number no other run of this test uses for its customer id.
+fn rand_suffix() -> u32 {
+    uuid::Uuid::new_v4().as_u128() as u32 % 1_000_000
 }
