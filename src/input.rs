@@ -283,8 +283,10 @@ impl Money {
     /// `"19.99"`, `20`, `"20.5"`. The error says what is wrong.
     pub fn parse(value: &Value) -> Result<Self, String> {
         let text = match value {
-            // serde_json writes a number back as its shortest exact form,
-            // so `19.999` stays `19.999` and is refused below.
+            // serde_json keeps a number's text as the client wrote it
+            // (`arbitrary_precision`): `19.990` keeps its third decimal and
+            // `1e3` its exponent, and both are refused below, where a float
+            // would have made them 19.99 and 1000.
             Value::Number(n) => n.to_string(),
             Value::String(s) => s.trim().to_owned(),
             other => {

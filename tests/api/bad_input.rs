@@ -325,6 +325,29 @@ async fn every_route_refuses_bad_input_naming_the_field_and_writes_nothing() {
             Sent::Json(json!({"name": "A", "price": "1.999", "stock": 1})),
             invalid("price"),
         ),
+        // A JSON number is read as written, not through a float: 19.990 has
+        // three decimals, and 1e3 is not an amount like 19.99.
+        case(
+            "price number with a third decimal zero",
+            "POST",
+            "/api/v1/products",
+            Sent::Text(r#"{"name": "A", "price": 19.990, "stock": 1}"#),
+            invalid("price"),
+        ),
+        case(
+            "price number with an exponent",
+            "POST",
+            "/api/v1/products",
+            Sent::Text(r#"{"name": "A", "price": 1e3, "stock": 1}"#),
+            invalid("price"),
+        ),
+        case(
+            "price number with more digits than a float keeps",
+            "POST",
+            "/api/v1/products",
+            Sent::Text(r#"{"name": "A", "price": 19.9999999999999999, "stock": 1}"#),
+            invalid("price"),
+        ),
         case(
             "price negative",
             "POST",
