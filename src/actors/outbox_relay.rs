@@ -27,9 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::config::Settings;
 use crate::db::DatabaseUrl;
@@ -42,6 +42,17 @@ use crate::outbox::{self, Aggregate, Pending};
 pub const RELAY_LOCK: i64 = 0x6f75_7462_6f78;
 /// How often a standing-by relay tries to become the active one.
 pub const STANDBY_RETRY: Duration = Duration::from_millis(500);
+/// Longest wait after a failure before the relay connects again: a
+/// database that refuses the relay's queries is not asked in a tight loop.
+const RESTART_BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// What a round may spend on its database queries beyond waiting for the
+/// broker's acknowledgements.
+const ROUND_QUERY_ALLOWANCE: Duration = Duration::from_secs(30);
+/// The server drops the session of a relay it cannot reach after about
+/// idle + interval × count seconds, releasing the relay lock for a standby
+/// (PostgreSQL's default is hours).
+const KEEPALIVES: &str =
+    "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3";
 /// The channel the outbox's trigger notifies when events commit.
 pub const CHANNEL: &str = "outbox_events";
 /// The header that carries the event type.
@@ -117,17 +128,30 @@ pub async fn run(config: RelayConfig, metrics: Arc<Metrics>) {
     let name = config.name;
     let active = metrics.outbox_relay_active.with_label_values(&[name]);
     let lag = metrics.outbox_relay_lag_seconds.with_label_values(&[name]);
-    let producer: FutureProducer<TracingContext> = loop {
-        match producer_config(&config.settings).create_with_context(TracingContext) {
-            Ok(producer) => break producer,
-            Err(error) => {
-                tracing::error!(relay = name, %error, "cannot create the outbox producer");
-                tokio::time::sleep(STANDBY_RETRY).await;
-            }
-        }
-    };
+    let mut producer = create_producer(&config).await;
+    let mut failures: u32 = 0;
     loop {
         active.set(0);
+        if failures > 0 {
+            // After a failure, wait before connecting again (doubling up to
+            // the cap): the database may be up and refusing the relay.
+            let wait = STANDBY_RETRY
+                .saturating_mul(1 << failures.min(5))
+                .min(RESTART_BACKOFF_CAP);
+            tokio::time::sleep(wait).await;
+        }
+        // A producer that hit a fatal error refuses every record for ever:
+        // start again with a new one (the lock is released with the old
+        // connection, so a standby may take over meanwhile).
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            tracing::error!(
+                relay = name,
+                ?code,
+                reason,
+                "outbox producer failed fatally; creating a new one"
+            );
+            producer = create_producer(&config).await;
+        }
         let mut conn = match config.database_url.connect().await {
             Ok(conn) => conn,
             Err(error) => {
@@ -136,6 +160,11 @@ pub async fn run(config: RelayConfig, metrics: Arc<Metrics>) {
                 continue;
             }
         };
+        if let Err(error) = conn.batch_execute(KEEPALIVES).await {
+            tracing::warn!(relay = name, %error, "outbox relay cannot set keepalives; starting over");
+            failures += 1;
+            continue;
+        }
         if !wait_for_lock(&mut conn, name).await {
             continue;
         }
@@ -144,6 +173,7 @@ pub async fn run(config: RelayConfig, metrics: Arc<Metrics>) {
             .await
         {
             tracing::warn!(relay = name, %error, "outbox relay cannot listen for commits; starting over");
+            failures += 1;
             continue;
         }
         active.set(1);
@@ -151,12 +181,23 @@ pub async fn run(config: RelayConfig, metrics: Arc<Metrics>) {
         let mut purged = Instant::now();
         let purge_every = (config.settings.outbox_retention / 4).min(Duration::from_secs(60));
         loop {
-            match round(&mut conn, &producer, &config, &metrics).await {
+            // A round whose database answers hang (a connection cut without
+            // a reset) is given up, which drops the connection and with it
+            // the lock: a relay never holds it while doing nothing.
+            let limit = config.settings.delivery_timeout + ROUND_QUERY_ALLOWANCE;
+            let done = tokio::time::timeout(limit, round(&mut conn, &producer, &config, &metrics));
+            let Ok(result) = done.await else {
+                tracing::warn!(relay = name, timeout = ?limit, "outbox round did not finish; starting over");
+                failures += 1;
+                break;
+            };
+            match result {
                 Ok(Round {
                     read,
                     progress,
                     age,
                 }) => {
+                    failures = 0;
                     lag.set(age);
                     let batch = config.settings.outbox_batch_size as usize;
                     if read < batch || progress == 0 {
@@ -165,6 +206,7 @@ pub async fn run(config: RelayConfig, metrics: Arc<Metrics>) {
                 }
                 Err(error) => {
                     tracing::warn!(relay = name, %error, "outbox relay lost its database; starting over");
+                    failures += 1;
                     break;
                 }
             }
@@ -177,9 +219,23 @@ pub async fn run(config: RelayConfig, metrics: Arc<Metrics>) {
                     }
                     Err(error) => {
                         tracing::warn!(relay = name, %error, "outbox purge failed; starting over");
+                        failures += 1;
                         break;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The relay's idempotent producer, retried until the configuration takes.
+async fn create_producer(config: &RelayConfig) -> FutureProducer<TracingContext> {
+    loop {
+        match producer_config(&config.settings).create_with_context(TracingContext) {
+            Ok(producer) => return producer,
+            Err(error) => {
+                tracing::error!(relay = config.name, %error, "cannot create the outbox producer");
+                tokio::time::sleep(STANDBY_RETRY).await;
             }
         }
     }
