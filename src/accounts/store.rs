@@ -131,7 +131,25 @@ pub async fn delete(
 /// The customer as stored, with its version; `None` when unknown.
 pub async fn find(pool: &Pool, id: i64) -> Result<Option<(Customer, i64)>, DbError> {
     let mut conn = pool.get().await?;
-    let conn = &mut *conn;
+    // One snapshot for the six reads: a save or a delete committing between
+    // them would otherwise give a customer mixed from two versions, or a
+    // name missing under a version (a 500 instead of a 404).
+    let read = conn
+        .transaction::<_, DbError, _>(async |conn| {
+            diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(conn)
+                .await?;
+            read_customer(conn, id).await
+        })
+        .await?;
+    Ok(read)
+}
+
+/// The reads of [`find`], in the caller's transaction.
+async fn read_customer(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+) -> Result<Option<(Customer, i64)>, DbError> {
     let Some(version) = customers::table
         .find(id)
         .select(customers::version)
@@ -148,7 +166,7 @@ pub async fn find(pool: &Pool, id: i64) -> Result<Option<(Customer, i64)>, DbErr
         String,
         Option<String>,
     );
-    let name: NameRow = customer_names::table
+    let Some(name): Option<NameRow> = customer_names::table
         .find(id)
         .select((
             customer_names::title,
@@ -158,7 +176,11 @@ pub async fn find(pool: &Pool, id: i64) -> Result<Option<(Customer, i64)>, DbErr
             customer_names::suffix,
         ))
         .first(conn)
-        .await?;
+        .await
+        .optional()?
+    else {
+        return Ok(None);
+    };
     let contact: Option<(Option<String>, Option<String>, Option<String>)> =
         customer_contacts::table
             .find(id)
