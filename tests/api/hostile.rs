@@ -629,3 +629,64 @@ async fn a_busy_pool_is_not_a_lost_connection() {
     );
     app.stop().await;
 }
+
+/// librdkafka's mock cluster, because tansu resets the connection on a
+/// fetch that holds a record with a negative timestamp.
+#[actix_rt::test]
+async fn a_record_timestamp_before_postgres_s_range_is_dead_lettered() {
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    let mut settings = settings(&create_database().await);
+    settings.kafka_brokers = mock.bootstrap_servers();
+    for topic in [settings.kafka_topic.clone(), settings.dead_letter_topic()] {
+        mock.create_topic(&topic, 1, 1).expect("topic");
+    }
+    let app = TestApp::spawn_with(settings, &[]).await;
+    let topic = app.settings.kafka_topic.clone();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .create()
+        .expect("producer");
+    // 5000 BC: a valid Kafka timestamp, before PostgreSQL's 4713 BC.
+    let before_4713_bc_ms = -219_900_000_000_000;
+    let (ancient, after) = (Uuid::new_v4(), Uuid::new_v4());
+    for (id, log_ms) in [
+        (ancient, before_4713_bc_ms),
+        (after, chrono::Utc::now().timestamp_millis()),
+    ] {
+        let (key, payload) = (id.to_string(), value(id, EVENT_A));
+        let record = FutureRecord::to(&topic)
+            .partition(0)
+            .key(&key)
+            .payload(&payload)
+            .timestamp(log_ms);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produced");
+    }
+
+    wait_for_exact_ids(app.settings.database_url.expose(), &HashSet::from([after])).await;
+    eventually("the ancient record dead-lettered", || async {
+        (dead_letters(&app, "invalid_record_timestamp") == 1).then_some(())
+    })
+    .await;
+    let stored: Vec<i64> = {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("group.id", crate::helpers::unique("inspector"))
+            .create()
+            .expect("consumer");
+        let (low, high) = consumer
+            .fetch_watermarks(
+                &app.settings.dead_letter_topic(),
+                0,
+                Duration::from_secs(10),
+            )
+            .expect("watermarks");
+        vec![low, high]
+    };
+    assert_eq!(stored, [0, 1], "one dead letter");
+    app.stop().await;
+}
