@@ -35,6 +35,21 @@ fn header(message: &OwnedMessage, name: &str) -> Option<String> {
     })
 }
 
+/// Produces a good command (event time [`EVENT_A`]) to `partition`, keyed
+/// by its id; returns the id.
+async fn produce_command(topic: &str, partition: i32) -> Uuid {
+    let id = Uuid::new_v4();
+    produce_raw(
+        topic,
+        Some(partition),
+        Some(&id.to_string()),
+        value(id, EVENT_A).as_bytes(),
+        None,
+    )
+    .await;
+    id
+}
+
 /// Produces a keyed record to `partition` with the given log timestamp.
 async fn produce_at(topic: &str, partition: i32, id: Uuid, event: &str, log_ms: i64) -> i64 {
     let producer: FutureProducer = ClientConfig::new()
@@ -118,15 +133,7 @@ async fn a_hostile_log_never_stops_a_partition() {
     let (mut huge_at, mut quoted_at) = (BTreeSet::new(), BTreeSet::new());
     let mut duplicates = Vec::new();
     for partition in 0..3 {
-        let first = Uuid::new_v4();
-        produce_raw(
-            &topic,
-            Some(partition),
-            Some(&first.to_string()),
-            value(first, EVENT_A).as_bytes(),
-            None,
-        )
-        .await;
+        let first = produce_command(&topic, partition).await;
         good.insert(first);
 
         let (_, offset) = produce_raw(&topic, Some(partition), None, &huge, Some("huge")).await;
@@ -172,15 +179,7 @@ async fn a_hostile_log_never_stops_a_partition() {
         good.insert(twice);
         duplicates.push(twice);
 
-        let last = Uuid::new_v4();
-        produce_raw(
-            &topic,
-            Some(partition),
-            Some(&last.to_string()),
-            value(last, EVENT_A).as_bytes(),
-            None,
-        )
-        .await;
+        let last = produce_command(&topic, partition).await;
         good.insert(last);
     }
 
@@ -335,15 +334,7 @@ async fn a_stored_offset_above_the_log_stops_the_partition_until_an_operator_res
     // The log of partition 0 grows past the stored offset: the records
     // below it are still not projected, so the partition stays stopped.
     for _ in 0..25 {
-        let id = Uuid::new_v4();
-        produce_raw(
-            &topic,
-            Some(0),
-            Some(&id.to_string()),
-            value(id, EVENT_A).as_bytes(),
-            None,
-        )
-        .await;
+        let id = produce_command(&topic, 0).await;
         ids.insert(id);
     }
     eventually("partition 0 looked again at the longer log", || async {
@@ -421,15 +412,7 @@ async fn a_record_timestamp_postgres_cannot_store_is_dead_lettered() {
     // Year 300,000: a valid Kafka timestamp, beyond PostgreSQL's range.
     let year_300000_ms = 9_404_000_000_000_000;
     let offset = produce_at(&topic, 0, far, EVENT_A, year_300000_ms).await;
-    let after = Uuid::new_v4();
-    produce_raw(
-        &topic,
-        Some(0),
-        Some(&after.to_string()),
-        value(after, EVENT_A).as_bytes(),
-        None,
-    )
-    .await;
+    let after = produce_command(&topic, 0).await;
 
     wait_for_exact_ids(app.settings.database_url.expose(), &HashSet::from([after])).await;
     let dead = read_topic(&app.settings.dead_letter_topic()).await;
@@ -507,15 +490,7 @@ async fn a_panicking_worker_is_restarted_counted_and_loses_nothing() {
     let topic = app.settings.kafka_topic.clone();
     let mut ids = HashSet::new();
     for _ in 0..5 {
-        let id = Uuid::new_v4();
-        produce_raw(
-            &topic,
-            Some(0),
-            Some(&id.to_string()),
-            value(id, EVENT_A).as_bytes(),
-            None,
-        )
-        .await;
+        let id = produce_command(&topic, 0).await;
         ids.insert(id);
     }
     wait_for_exact_ids(app.settings.database_url.expose(), &ids).await;
@@ -558,15 +533,7 @@ async fn a_busy_pool_is_not_a_lost_connection() {
     let topic = app.settings.kafka_topic.clone();
     let mut ids = HashSet::new();
     for partition in 0..3 {
-        let id = Uuid::new_v4();
-        produce_raw(
-            &topic,
-            Some(partition),
-            Some(&id.to_string()),
-            value(id, EVENT_A).as_bytes(),
-            None,
-        )
-        .await;
+        let id = produce_command(&topic, partition).await;
         ids.insert(id);
     }
     wait_for_exact_ids(app.settings.database_url.expose(), &ids).await;
@@ -583,15 +550,7 @@ async fn a_busy_pool_is_not_a_lost_connection() {
         .await
         .expect("locked");
     for partition in [0, 1, 2, 1, 2] {
-        let id = Uuid::new_v4();
-        produce_raw(
-            &topic,
-            Some(partition),
-            Some(&id.to_string()),
-            value(id, EVENT_A).as_bytes(),
-            None,
-        )
-        .await;
+        let id = produce_command(&topic, partition).await;
         ids.insert(id);
     }
     let failed = || {
