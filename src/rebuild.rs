@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Supervisor;
@@ -23,6 +24,7 @@ use anyhow::Context as _;
 use crate::actors::db_writer::DbWriter;
 use crate::config::Settings;
 use crate::engine::group::{ConsumerGroup, Membership};
+use crate::engine::timestamp_view::TimestampView;
 use crate::kafka::admin;
 use crate::metrics::Metrics;
 
@@ -192,8 +194,9 @@ pub async fn rebuild(
     let group = ConsumerGroup::start(
         settings,
         group_id,
+        &settings.kafka_topic,
         Membership::Assign(start),
-        writer,
+        Arc::new(TimestampView::new(writer)),
         None,
         metrics,
     )?;

@@ -16,6 +16,7 @@ use crate::config::{Role, Settings};
 use crate::db::DatabaseUrl;
 use crate::db::idempotency::IdempotencyStore;
 use crate::engine::group::{ConsumerGroup, Membership};
+use crate::engine::timestamp_view::TimestampView;
 use crate::http::ops::{BrokerProbe, Readiness};
 use crate::http::{self, RunningServer};
 use crate::kafka::admin;
@@ -152,8 +153,9 @@ impl Application {
             let group = ConsumerGroup::start(
                 settings,
                 &settings.kafka_group_id,
+                &settings.kafka_topic,
                 Membership::Subscribe,
-                writer,
+                Arc::new(TimestampView::new(writer)),
                 Some(producer.clone()),
                 metrics.clone(),
             )

@@ -3,7 +3,7 @@
 //! The group's consumer is polled on a thread of its own, where librdkafka
 //! runs the rebalance callback. That callback may block, and it does:
 //!
-//! * on assignment it reads the view's stored offsets, splits each
+//! * on assignment it reads the sink's stored offsets, splits each
 //!   partition's queue *before* assigning it (a split queue survives the
 //!   assignment's fetch start, so no record of the partition ever reaches the
 //!   group queue), assigns at the stored offsets and starts one partition
@@ -24,43 +24,43 @@ use rdkafka::error::KafkaResult;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
-use crate::actors::db_writer::{DbWriter, LoadOffsets};
 use crate::actors::producer::KafkaProducer;
 use crate::config::Settings;
 use crate::db::queries::PartitionKey;
 use crate::engine::partition_consumer::{Drain, PartitionConsumer, PartitionDeps};
+use crate::engine::sink::Sink;
 use crate::engine::status::GroupStatus;
 use crate::kafka::consumer::{GroupContext, RebalanceHandler};
 use crate::kafka::consumer_config;
 use crate::metrics::Metrics;
 
 /// The group's consumer.
-pub type GroupConsumer = StreamConsumer<GroupContext<Projector>>;
+pub type GroupConsumer<S> = StreamConsumer<GroupContext<Projector<S>>>;
 /// One partition's own queue, split from the group queue.
-pub type PartitionQueue = StreamPartitionQueue<GroupContext<Projector>>;
+pub type PartitionQueue<S> = StreamPartitionQueue<GroupContext<Projector<S>>>;
 
-/// How long an assignment waits for the view's stored offsets before it
-/// falls back to Kafka's committed offsets (safe: the writer skips what the
-/// view already holds).
+/// How long an assignment waits for the sink's stored offsets before it
+/// falls back to Kafka's committed offsets (safe: a sink that stores
+/// offsets skips what it already holds).
 const OFFSET_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Membership of the group: the rebalance callback's handler, which owns
 /// the partition consumers.
-pub struct Projector {
-    consumer: OnceLock<Weak<GroupConsumer>>,
+pub struct Projector<S: Sink> {
+    consumer: OnceLock<Weak<GroupConsumer<S>>>,
     group_id: String,
     topic: String,
     batch_max: usize,
     drain_timeout: Duration,
     panic_at: Option<(i32, i64)>,
-    writer: Addr<DbWriter>,
+    sink: Arc<S>,
     producer: Option<Addr<KafkaProducer>>,
     arbiter: ArbiterHandle,
     status: Arc<GroupStatus>,
-    partitions: Mutex<HashMap<i32, Addr<PartitionConsumer>>>,
+    partitions: Mutex<HashMap<i32, Addr<PartitionConsumer<S>>>>,
 }
 
-impl RebalanceHandler for Projector {
+impl<S: Sink> RebalanceHandler for Projector<S> {
     fn assigned(
         &self,
         tpl: &mut TopicPartitionList,
@@ -74,8 +74,8 @@ impl RebalanceHandler for Projector {
     }
 }
 
-impl Projector {
-    /// Splits the partitions' queues, starts them at the view's stored
+impl<S: Sink> Projector<S> {
+    /// Splits the partitions' queues, starts them at the sink's stored
     /// offsets through `assign`, and starts their partition consumers.
     fn assign(
         &self,
@@ -114,7 +114,7 @@ impl Projector {
         }
         let deps = PartitionDeps {
             consumer: consumer.clone(),
-            writer: self.writer.clone(),
+            sink: self.sink.clone(),
             producer: self.producer.clone(),
             status: self.status.clone(),
             batch_max: self.batch_max,
@@ -141,7 +141,7 @@ impl Projector {
 
     /// Drains every partition consumer, then gives the partitions up through `unassign`.
     fn revoke(&self, unassign: &mut dyn FnMut() -> KafkaResult<()>) {
-        let drained: Vec<(i32, Addr<PartitionConsumer>)> = {
+        let drained: Vec<(i32, Addr<PartitionConsumer<S>>)> = {
             let mut map = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
             map.drain().collect()
         };
@@ -184,19 +184,19 @@ impl Projector {
         tracing::info!(?partitions, took = ?started.elapsed(), "partitions revoked");
     }
 
+    /// The sink's stored offsets; none (Kafka's committed offsets) for a
+    /// sink that keeps none.
     fn stored_offsets(&self) -> HashMap<i32, i64> {
-        let request = self.writer.send(LoadOffsets {
-            group_id: self.group_id.clone(),
-            topic: self.topic.clone(),
-        });
+        if !self.sink.keeps_positions() {
+            return HashMap::new();
+        }
+        let request = self
+            .sink
+            .positions(self.group_id.clone(), self.topic.clone());
         match wait_blocking(&self.arbiter, request, OFFSET_LOOKUP_TIMEOUT) {
-            Some(Ok(Ok(offsets))) => offsets,
-            Some(Ok(Err(error))) => {
-                tracing::warn!(%error, "cannot read stored offsets; starting from Kafka's committed offsets");
-                HashMap::new()
-            }
+            Some(Ok(offsets)) => offsets,
             Some(Err(error)) => {
-                tracing::warn!(%error, "db writer unavailable; starting from Kafka's committed offsets");
+                tracing::warn!(%error, "cannot read stored offsets; starting from Kafka's committed offsets");
                 HashMap::new()
             }
             None => {
@@ -247,7 +247,7 @@ pub enum Membership {
     /// Joins the group; Kafka shares the partitions among its members.
     Subscribe,
     /// Takes these partitions itself, without joining (a rebuild: one
-    /// process, no rebalance to wait for). Each starts at the view's stored
+    /// process, no rebalance to wait for). Each starts at the sink's stored
     /// offset or, where the view has none, at the offset given here (a
     /// rebuild gives the low watermarks it measured, so that librdkafka
     /// starts fetching at once instead of looking the group's offsets up
@@ -264,15 +264,16 @@ pub struct ConsumerGroup {
 }
 
 impl ConsumerGroup {
-    /// Joins `group_id` on the command topic and starts projecting.
+    /// Joins `group_id` on `topic` and starts projecting it into `sink`.
     /// Records that cannot be decoded go to the dead-letter topic through
     /// `producer`; without one (a rebuild, replaying records the live
     /// consumer already dead-lettered) they are logged and skipped.
-    pub fn start(
+    pub fn start<S: Sink>(
         settings: &Settings,
         group_id: &str,
+        topic: &str,
         membership: Membership,
-        writer: Addr<DbWriter>,
+        sink: Arc<S>,
         producer: Option<Addr<KafkaProducer>>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, GroupError> {
@@ -281,18 +282,18 @@ impl ConsumerGroup {
         let context = GroupContext::new(Projector {
             consumer: OnceLock::new(),
             group_id: group_id.to_owned(),
-            topic: settings.kafka_topic.clone(),
+            topic: topic.to_owned(),
             batch_max: settings.batch_max_records as usize,
             drain_timeout: settings.drain_timeout,
             panic_at: settings.fault_panic_at,
-            writer,
+            sink,
             producer,
             arbiter: arbiter.handle(),
             status: status.clone(),
             partitions: Mutex::new(HashMap::new()),
         });
         let config = consumer_config(settings, group_id);
-        let topic = settings.kafka_topic.clone();
+        let topic = topic.to_owned();
         let close_timeout = settings.drain_timeout + Duration::from_secs(5);
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let (shutdown, shutdown_rx) = oneshot::channel();
@@ -310,7 +311,8 @@ impl ConsumerGroup {
                     }
                 };
                 runtime.block_on(async move {
-                    let consumer = match config.create_with_context::<_, GroupConsumer>(context) {
+                    let consumer = match config.create_with_context::<_, GroupConsumer<S>>(context)
+                    {
                         Ok(consumer) => Arc::new(consumer),
                         Err(error) => {
                             let _ = ready_tx.send(Err(error.into()));
@@ -322,9 +324,10 @@ impl ConsumerGroup {
                         .handler()
                         .consumer
                         .set(Arc::downgrade(&consumer));
-                    // Manual assignment asks the DB writer for stored offsets,
-                    // and the writer may live on the arbiter that is waiting for
-                    // this start to finish: assign only after reporting ready.
+                    // Manual assignment asks the sink for stored offsets, and
+                    // the sink (the DB writer) may live on the arbiter that is
+                    // waiting for this start to finish: assign only after
+                    // reporting ready.
                     let joined = match &membership {
                         Membership::Subscribe => consumer.subscribe(&[&topic]).map(|()| None),
                         Membership::Assign(start) => starting_at(&topic, start).map(Some),
@@ -404,7 +407,10 @@ fn starting_at(topic: &str, start: &BTreeMap<i32, i64>) -> KafkaResult<TopicPart
     Ok(tpl)
 }
 
-async fn poll_until_shutdown(consumer: &GroupConsumer, mut shutdown: oneshot::Receiver<()>) {
+async fn poll_until_shutdown<S: Sink>(
+    consumer: &GroupConsumer<S>,
+    mut shutdown: oneshot::Receiver<()>,
+) {
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
@@ -421,7 +427,7 @@ async fn poll_until_shutdown(consumer: &GroupConsumer, mut shutdown: oneshot::Re
     }
 }
 
-async fn leave_group(consumer: Arc<GroupConsumer>, timeout: Duration) {
+async fn leave_group<S: Sink>(consumer: Arc<GroupConsumer<S>>, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     consumer.unsubscribe();
     // Serve the revocation that unsubscribing triggers; it drains every

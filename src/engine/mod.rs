@@ -6,11 +6,15 @@
 //!   partition consumer per partition at the view's stored offset, drains
 //!   them on revocation.
 //! * [`partition_consumer`]: one actor per partition. Batches what is
-//!   waiting, sorts records into what can be projected and dead letters,
-//!   writes a batch with the offset that follows it in one transaction,
-//!   acknowledges only after the commit, retries while the database is down,
-//!   catches panics, and stops a partition whose log lost what the view
-//!   holds.
+//!   waiting, has the sink sort records into what it takes and dead letters,
+//!   has the sink make a batch durable (a database sink: with the offset
+//!   that follows it, in one transaction), acknowledges only after that,
+//!   retries while the sink is down, catches panics, and stops a partition
+//!   whose log lost what the sink holds.
+//! * [`sink`]: what a destination supplies: decoding, a durable write of a
+//!   batch, its stored positions.
+//! * [`timestamp_view`]: the timestamp view as a sink (through the DB
+//!   writer).
 //! * [`status`]: what the partitions are doing, for `/ready`, `Prefer: wait`
 //!   and the rebuild's finish line.
 //!
@@ -20,4 +24,6 @@
 
 pub mod group;
 pub mod partition_consumer;
+pub mod sink;
 pub mod status;
+pub mod timestamp_view;

@@ -1,7 +1,8 @@
 //! The partition consumer actor: one per assigned partition. It reads its
-//! partition's own queue, decodes records into batches, sends each batch to
-//! the DB writer and acknowledges the offsets only once the writer answers
-//! that the transaction committed.
+//! partition's own queue, has its sink decode records into batches, has the
+//! sink make each batch durable and acknowledges the offsets only once the
+//! sink answers that it is (for a database sink: that the transaction which
+//! also stored the offset committed).
 //!
 //! Batching adapts to load: a batch is the first record plus whatever is
 //! already waiting (up to `BATCH_MAX_RECORDS`), so a quiet log is projected
@@ -11,7 +12,7 @@
 //!
 //! No record can stop a partition: one that cannot be projected, whatever
 //! it holds, is dead-lettered and acknowledged. Only the database being
-//! unavailable blocks it: the batch is retried with capped backoff, the
+//! unavailable (the sink failing) blocks it: the batch is retried with capped backoff, the
 //! `blocked` gauge shows it, and nothing after it is read.
 //!
 //! A worker never dies unseen: a panic is caught, logged with its partition,
@@ -40,12 +41,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::actors::db_writer::{DbWriter, LoadOffsets, WriteBatch};
 use crate::actors::producer::{KafkaProducer, PublishDeadLetter};
-use crate::db::DbError;
-use crate::db::models::ProjectedRecord;
 use crate::db::queries::PartitionKey;
 use crate::engine::group::{GroupConsumer, PartitionQueue};
+use crate::engine::sink::{Decoded, Sink, SinkError};
 use crate::engine::status::GroupStatus;
 use crate::kafka::dead_letter::{DeadLetter, SourcePosition};
 use crate::kafka::record::{self, DecodeError};
@@ -64,12 +63,11 @@ const LOG_RECHECK: Duration = Duration::from_secs(2);
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a partition consumer needs from the rest of the process.
-#[derive(Clone)]
-pub struct PartitionDeps {
+pub struct PartitionDeps<S: Sink> {
     /// The group's consumer, to acknowledge and seek.
-    pub consumer: Arc<GroupConsumer>,
-    /// Applies batches.
-    pub writer: Addr<DbWriter>,
+    pub consumer: Arc<GroupConsumer<S>>,
+    /// Decodes records and makes batches durable.
+    pub sink: Arc<S>,
     /// Publishes dead letters; `None` skips them (a rebuild).
     pub producer: Option<Addr<KafkaProducer>>,
     /// Shared readiness state of the group.
@@ -80,6 +78,21 @@ pub struct PartitionDeps {
     pub metrics: Arc<Metrics>,
     /// Fault injection (tests): panic once at this partition and offset.
     pub panic_at: Option<(i32, i64)>,
+}
+
+// Not derived: a derive would ask for `S: Clone`, and only the `Arc` is cloned.
+impl<S: Sink> Clone for PartitionDeps<S> {
+    fn clone(&self) -> Self {
+        Self {
+            consumer: self.consumer.clone(),
+            sink: self.sink.clone(),
+            producer: self.producer.clone(),
+            status: self.status.clone(),
+            batch_max: self.batch_max,
+            metrics: self.metrics.clone(),
+            panic_at: self.panic_at,
+        }
+    }
 }
 
 /// Finish the batch in flight, acknowledge it and stop: the partition is
@@ -113,10 +126,10 @@ struct Worker {
 }
 
 /// Consumes one partition.
-pub struct PartitionConsumer {
+pub struct PartitionConsumer<S: Sink> {
     key: PartitionKey,
-    queue: Arc<PartitionQueue>,
-    deps: PartitionDeps,
+    queue: Arc<PartitionQueue<S>>,
+    deps: PartitionDeps<S>,
     /// Next offset durable in the view (the stored offset it started at,
     /// then each commit's); -1 while unknown.
     committed: Arc<AtomicI64>,
@@ -127,13 +140,13 @@ pub struct PartitionConsumer {
     worker: Option<Worker>,
 }
 
-impl PartitionConsumer {
+impl<S: Sink> PartitionConsumer<S> {
     /// A consumer of `key`'s partition reading `queue`, which starts at the
-    /// view's stored offset `start` (if the view has one).
+    /// sink's stored offset `start` (if the sink has one).
     pub fn new(
         key: PartitionKey,
-        queue: PartitionQueue,
-        deps: PartitionDeps,
+        queue: PartitionQueue<S>,
+        deps: PartitionDeps<S>,
         start: Option<i64>,
     ) -> Self {
         Self {
@@ -152,7 +165,7 @@ impl PartitionConsumer {
     }
 }
 
-impl Actor for PartitionConsumer {
+impl<S: Sink> Actor for PartitionConsumer<S> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -208,7 +221,7 @@ impl Actor for PartitionConsumer {
     }
 }
 
-impl Supervised for PartitionConsumer {
+impl<S: Sink> Supervised for PartitionConsumer<S> {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         self.deps.metrics.actor_restarted(ACTOR);
         // Records read but not committed were lost with the old worker: go
@@ -231,7 +244,7 @@ impl Supervised for PartitionConsumer {
 #[rtype(result = "()")]
 struct WorkerFailed;
 
-impl Handler<WorkerFailed> for PartitionConsumer {
+impl<S: Sink> Handler<WorkerFailed> for PartitionConsumer<S> {
     type Result = ();
 
     fn handle(&mut self, _msg: WorkerFailed, ctx: &mut Self::Context) {
@@ -241,7 +254,7 @@ impl Handler<WorkerFailed> for PartitionConsumer {
     }
 }
 
-impl Handler<Drain> for PartitionConsumer {
+impl<S: Sink> Handler<Drain> for PartitionConsumer<S> {
     type Result = ResponseActFuture<Self, PartitionDrained>;
 
     fn handle(&mut self, _msg: Drain, _ctx: &mut Self::Context) -> Self::Result {
@@ -284,13 +297,10 @@ impl Handler<Drain> for PartitionConsumer {
     }
 }
 
-/// A record read from the partition, sorted into what can be projected and
+/// A record read from the partition, sorted into what the sink takes and
 /// what goes to the dead-letter topic.
-enum Incoming {
-    Record {
-        record: ProjectedRecord,
-        correlation_id: Option<String>,
-    },
+enum Incoming<T> {
+    Record(Decoded<T>),
     Poison {
         offset: i64,
         dead_letter: DeadLetter,
@@ -298,40 +308,32 @@ enum Incoming {
     },
 }
 
-impl Incoming {
+impl<T> Incoming<T> {
     fn offset(&self) -> i64 {
         match self {
-            Incoming::Record { record, .. } => record.offset,
+            Incoming::Record(record) => record.offset,
             Incoming::Poison { offset, .. } => *offset,
         }
     }
 }
 
-/// Sorts one record; never fails and never panics: what cannot be projected
-/// becomes a dead letter. Checks run in order: headers (read as bytes), the
-/// key, the log timestamp, the value.
-fn classify(message: &BorrowedMessage<'_>) -> Incoming {
+/// Sorts one record; never fails: what the sink cannot take becomes a dead
+/// letter. Headers are read first (as bytes), then the sink decodes.
+fn classify<S: Sink>(sink: &S, message: &BorrowedMessage<'_>) -> Incoming<S::Item> {
     let offset = message.offset();
     let headers = record::read_headers(message.headers());
     let correlation_id = headers.correlation_id().ok().flatten().map(str::to_owned);
     let decoded = match (&headers.error, headers.correlation_id()) {
         (Some(error), _) => Err(error.clone()),
         (None, Err(error)) => Err(error),
-        (None, Ok(_)) => {
-            record::record_timestamp(message.timestamp().to_millis()).and_then(|accepted_at| {
-                record::decode(message.key(), message.payload()).map(|command| ProjectedRecord {
-                    offset,
-                    command,
-                    accepted_at,
-                })
-            })
-        }
+        (None, Ok(_)) => sink.decode(message, &headers),
     };
     match decoded {
-        Ok(record) => Incoming::Record {
-            record,
+        Ok(item) => Incoming::Record(Decoded {
+            offset,
             correlation_id,
-        },
+            item,
+        }),
         Err(error) => Incoming::Poison {
             offset,
             dead_letter: DeadLetter::new(
@@ -353,8 +355,8 @@ fn classify(message: &BorrowedMessage<'_>) -> Incoming {
 /// [`classify`], with a panic in it (a bug) turned into a dead letter
 /// (`internal_error`): a record that makes the code panic every time it is
 /// read must not stop its partition for ever.
-fn classify_guarded(message: &BorrowedMessage<'_>) -> Incoming {
-    crate::catch_expected_panic(|| classify(message)).unwrap_or_else(|panic| {
+fn classify_guarded<S: Sink>(sink: &S, message: &BorrowedMessage<'_>) -> Incoming<S::Item> {
+    crate::catch_expected_panic(|| classify(sink, message)).unwrap_or_else(|panic| {
         let error = DecodeError::Internal(crate::panic_message(panic.as_ref()));
         tracing::error!(offset = message.offset(), %error, "reading a record panicked; dead-lettering it");
         Incoming::Poison {
@@ -377,16 +379,20 @@ fn classify_guarded(message: &BorrowedMessage<'_>) -> Incoming {
 
 /// The worker loop's state, separate from the actor so that it runs as a
 /// plain task.
-struct PartitionRun {
+struct PartitionRun<S: Sink> {
     key: PartitionKey,
-    deps: PartitionDeps,
+    deps: PartitionDeps<S>,
     committed: Arc<AtomicI64>,
     failures: Arc<AtomicU32>,
     fault_fired: Arc<AtomicBool>,
 }
 
-impl PartitionRun {
-    async fn consume(self, queue: &PartitionQueue, mut stop: watch::Receiver<bool>) -> WorkerExit {
+impl<S: Sink> PartitionRun<S> {
+    async fn consume(
+        self,
+        queue: &PartitionQueue<S>,
+        mut stop: watch::Receiver<bool>,
+    ) -> WorkerExit {
         let failures = self.failures.load(Ordering::Acquire);
         if failures > 0 {
             let delay = backoff(failures);
@@ -419,7 +425,7 @@ impl PartitionRun {
                 match next {
                     Some(Ok(message)) => {
                         self.inject_fault(message.offset());
-                        batch.push(classify_guarded(&message));
+                        batch.push(classify_guarded(self.deps.sink.as_ref(), &message));
                     }
                     Some(Err(error)) => tracing::warn!(%error, "error reading the partition"),
                     None => return WorkerExit::Failed("partition queue ended".into()),
@@ -437,6 +443,7 @@ impl PartitionRun {
             let committed = self.committed.load(Ordering::Acquire);
             if let Some(read) = batch.first().map(Incoming::offset)
                 && read < committed
+                && self.deps.sink.keeps_positions()
             {
                 if let Err(exit) = self.check_log(&stop, Some((committed, read))).await {
                     return exit;
@@ -453,25 +460,19 @@ impl PartitionRun {
         }
     }
 
-    /// Dead-letters the poison records, then commits the rest with the
-    /// offset that follows the batch, then acknowledges that offset.
+    /// Dead-letters the poison records, then has the sink make the rest
+    /// durable (with the offset that follows the batch, for a sink that
+    /// stores it), then acknowledges that offset.
     async fn project(
         &self,
-        batch: Vec<Incoming>,
+        batch: Vec<Incoming<S::Item>>,
         stop: &watch::Receiver<bool>,
     ) -> Result<(), WorkerExit> {
-        let next_offset = batch.last().map_or(0, |i| i.offset() + 1);
+        let next = batch.last().map_or(0, |i| i.offset() + 1);
         let mut records = Vec::with_capacity(batch.len());
-        let mut correlation = Vec::with_capacity(batch.len());
         for incoming in batch {
             match incoming {
-                Incoming::Record {
-                    record,
-                    correlation_id,
-                } => {
-                    correlation.push((record.command.command_id, record.offset, correlation_id));
-                    records.push(record);
-                }
+                Incoming::Record(record) => records.push(record),
                 Incoming::Poison {
                     offset,
                     dead_letter,
@@ -482,33 +483,27 @@ impl PartitionRun {
                 }
             }
         }
-        let write = || WriteBatch {
-            partition: self.key.clone(),
-            records: records.clone(),
-            next_offset,
-        };
-        let committed = self
-            .retry("write batch", stop, || {
-                let writer = self.deps.writer.clone();
-                let write = &write;
-                async move {
-                    // A busy pool (every connection in use, more partitions
-                    // than connections) is a queue, not a failure: wait for
-                    // a connection again without showing the partition as
-                    // blocked, unless the partition is being given up.
-                    loop {
-                        match writer.send(write()).await {
-                            Ok(Err(DbError::PoolBusy)) if !*stop.borrow() => {
-                                tracing::debug!("every database connection is busy; waiting again");
-                            }
-                            Ok(result) => return result.map_err(|e| e.to_string()),
-                            Err(e) => return Err(e.to_string()),
+        let records = &records;
+        let written = self
+            .retry("write batch", stop, || async move {
+                // A busy pool (every connection in use, more partitions than
+                // connections) is a queue, not a failure: wait for a
+                // connection again without showing the partition as
+                // blocked, unless the partition is being given up.
+                loop {
+                    let write = self
+                        .deps
+                        .sink
+                        .write(self.key.clone(), records.clone(), next);
+                    match write.await {
+                        Err(SinkError::Busy) if !*stop.borrow() => {
+                            tracing::debug!("every connection of the sink is busy; waiting again");
                         }
+                        result => return result.map_err(|e| e.to_string()),
                     }
                 }
             })
             .await?;
-        let next = committed.applied.next_offset;
         self.committed.store(next, Ordering::Release);
         if self.failures.swap(0, Ordering::AcqRel) > 0 {
             self.deps.status.set_problem(&self.key, None);
@@ -522,32 +517,34 @@ impl PartitionRun {
             .add_partition_offset(&self.key.topic, self.key.partition, Offset::Offset(next))
             .and_then(|()| self.deps.consumer.store_offsets(&acknowledged));
         if let Err(error) = stored {
-            // The partition was revoked meanwhile; the view holds the offset.
+            // The partition was revoked meanwhile; the sink holds the offset.
             tracing::debug!(%error, "offset not stored in Kafka");
         }
         self.deps.status.set_committed(&self.key, next);
-        // The conflicts' dead letters go out after the commit that decided
-        // them (the view is right whatever happens to them).
-        for conflict in &committed.applied.conflicts {
-            let (offset, letter, correlation_id) = self.conflict_letter(conflict, &correlation);
-            self.dead_letter(offset, letter, correlation_id, stop)
-                .await?;
+        // What the write decided against is dead-lettered after the commit
+        // that decided it (the sink is right whatever happens to them).
+        for rejected in &written.rejected {
+            self.dead_letter(
+                rejected.offset,
+                rejected.dead_letter.clone(),
+                rejected.correlation_id.clone(),
+                stop,
+            )
+            .await?;
         }
-        for (command_id, offset, correlation_id) in &correlation {
-            if committed
-                .applied
-                .conflicts
+        for record in records {
+            if written
+                .rejected
                 .iter()
-                .any(|c| c.lost_offset == Some(*offset))
+                .any(|r| r.offset == record.offset && !r.record_applied)
             {
                 continue;
             }
-            tracing::info!(%command_id, offset, correlation_id = correlation_id.as_deref().unwrap_or(""), "record projected");
+            self.deps.sink.projected(record);
         }
         tracing::debug!(
             records = records.len(),
-            inserted = committed.applied.inserted,
-            skipped = committed.applied.skipped,
+            rejected = written.rejected.len(),
             next_offset = next,
             "batch committed"
         );
@@ -621,65 +618,6 @@ impl PartitionRun {
         Ok(())
     }
 
-    /// The dead letter of a conflict's losing version. A losing record of
-    /// this batch is dead-lettered at its own offset; a replaced earlier row
-    /// is dead-lettered as the version it held, at the offset of the record
-    /// that replaced it, marked `dlq.replaced: true`.
-    fn conflict_letter(
-        &self,
-        conflict: &crate::db::queries::Conflict,
-        correlation: &[(uuid::Uuid, i64, Option<String>)],
-    ) -> (i64, DeadLetter, Option<String>) {
-        let kept_offset = correlation
-            .iter()
-            .find(|(id, offset, _)| {
-                *id == conflict.command_id && Some(*offset) != conflict.lost_offset
-            })
-            .map(|(_, offset, _)| *offset);
-        let offset = conflict.lost_offset.or(kept_offset).unwrap_or_default();
-        let correlation_id = correlation
-            .iter()
-            .find(|(_, o, _)| *o == offset)
-            .and_then(|(_, _, c)| c.clone());
-        let (event_timestamp, log_time) = conflict.lost;
-        let (kept_event, kept_log) = conflict.kept;
-        let error = DecodeError::ConflictingDuplicate(format!(
-            "command {} has two versions: event_timestamp {} (log time {}) is kept, {} (log time {}) is not; the earliest log time wins",
-            conflict.command_id,
-            crate::domain::format_timestamp(&kept_event),
-            crate::domain::format_timestamp(&kept_log),
-            crate::domain::format_timestamp(&event_timestamp),
-            crate::domain::format_timestamp(&log_time),
-        ));
-        let value = record::encode_value(&crate::domain::TimestampCommand {
-            command_id: conflict.command_id,
-            event_timestamp,
-        });
-        let mut headers = Vec::new();
-        if let Some(id) = &correlation_id {
-            headers.push((
-                record::CORRELATION_HEADER.to_owned(),
-                id.clone().into_bytes(),
-            ));
-        }
-        if conflict.lost_offset.is_none() {
-            headers.push(("dlq.replaced".to_owned(), b"true".to_vec()));
-        }
-        let key = conflict.command_id.to_string();
-        let letter = DeadLetter::new(
-            &SourcePosition {
-                topic: self.key.topic.clone(),
-                partition: self.key.partition,
-                offset,
-            },
-            Some(key.as_bytes()),
-            Some(&value),
-            headers,
-            &error,
-        );
-        (offset, letter, correlation_id)
-    }
-
     /// Fault injection for the recovery tests.
     fn inject_fault(&self, offset: i64) {
         if self.deps.panic_at == Some((self.key.partition, offset))
@@ -710,6 +648,12 @@ impl PartitionRun {
         stop: &watch::Receiver<bool>,
         rewound: Option<(i64, i64)>,
     ) -> Result<(), WorkerExit> {
+        // A sink at Kafka's committed offsets has nothing to guard: a
+        // position beyond the log is reset by librdkafka, and a sink written
+        // at least once takes records again.
+        if !self.deps.sink.keeps_positions() {
+            return Ok(());
+        }
         let gauge = self
             .deps
             .metrics
@@ -799,19 +743,15 @@ impl PartitionRun {
         }
     }
 
-    /// `Some(None)` when the view has no offset for this partition, `None`
-    /// when the view cannot be read.
+    /// `Some(None)` when the sink has no offset for this partition, `None`
+    /// when the sink cannot be read.
     async fn stored_offset(&self) -> Option<Option<i64>> {
-        let request = self.deps.writer.send(LoadOffsets {
-            group_id: self.key.group_id.clone(),
-            topic: self.key.topic.clone(),
-        });
+        let request = self
+            .deps
+            .sink
+            .positions(self.key.group_id.clone(), self.key.topic.clone());
         match request.await {
-            Ok(Ok(stored)) => Some(stored.get(&self.key.partition).copied()),
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "cannot read the stored offset to check it against the log");
-                None
-            }
+            Ok(stored) => Some(stored.get(&self.key.partition).copied()),
             Err(error) => {
                 tracing::warn!(%error, "cannot read the stored offset to check it against the log");
                 None
