@@ -314,6 +314,55 @@ pub async fn load_offsets(
     Ok(rows.into_iter().collect())
 }
 
+/// Locks `key`'s stored offset row for the caller's transaction and
+/// returns the stored next offset (`None`: nothing stored yet). A second
+/// owner of the partition waits here until the first commits, then sees
+/// what it stored. (A partition with no row gets one at offset 0, which the
+/// caller's [`save_offset`] raises before it commits.)
+pub async fn lock_offset(
+    conn: &mut AsyncPgConnection,
+    key: &PartitionKey,
+) -> Result<Option<i64>, DbError> {
+    let created = diesel::insert_into(projection_offsets::table)
+        .values((
+            projection_offsets::group_id.eq(&key.group_id),
+            projection_offsets::topic.eq(&key.topic),
+            projection_offsets::partition.eq(key.partition),
+            projection_offsets::next_offset.eq(0_i64),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    let stored: i64 = projection_offsets::table
+        .find((&key.group_id, &key.topic, key.partition))
+        .select(projection_offsets::next_offset)
+        .for_update()
+        .first(conn)
+        .await?;
+    Ok(Some(stored).filter(|_| created == 0))
+}
+
+/// Raises `key`'s stored next offset to `next_offset` (never lowers it),
+/// in the caller's transaction, after [`lock_offset`].
+pub async fn save_offset(
+    conn: &mut AsyncPgConnection,
+    key: &PartitionKey,
+    next_offset: i64,
+) -> Result<(), DbError> {
+    diesel::update(projection_offsets::table.find((&key.group_id, &key.topic, key.partition)))
+        .set((
+            projection_offsets::next_offset.eq(diesel::dsl::sql::<BigInt>(
+                "GREATEST(next_offset, ",
+            )
+            .bind::<BigInt, _>(next_offset)
+            .sql(")")),
+            projection_offsets::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// A round trip to the server, for readiness checks.
 pub async fn ping(conn: &mut AsyncPgConnection) -> Result<(), DbError> {
     diesel::sql_query("SELECT 1").execute(conn).await?;

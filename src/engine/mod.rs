@@ -13,8 +13,11 @@
 //!   whose log lost what the sink holds.
 //! * [`sink`]: what a destination supplies: decoding, a durable write of a
 //!   batch, its stored positions.
+//! * [`pg_sink`]: a sink into PostgreSQL tables with the offsets in the
+//!   batch's transaction, for any [`pg_sink::Projection`].
 //! * [`timestamp_view`]: the timestamp view as a sink (through the DB
 //!   writer).
+//! * [`customer_copy`]: shop's copy of the customers from accounts' events.
 //! * [`status`]: what the partitions are doing, for `/ready`, `Prefer: wait`
 //!   and the rebuild's finish line.
 //!
@@ -22,8 +25,10 @@
 //! callback; `db`: pool, statements) and the actors that own a resource
 //! (`actors::db_writer`, `actors::producer`); nothing below imports it.
 
+pub mod customer_copy;
 pub mod group;
 pub mod partition_consumer;
+pub mod pg_sink;
 pub mod sink;
 pub mod status;
 pub mod timestamp_view;

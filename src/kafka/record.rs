@@ -79,11 +79,15 @@ pub enum DecodeError {
     /// Reading the record panicked (a bug, caught).
     #[error("reading the record panicked: {0}")]
     Internal(String),
+    /// An event of the outbox's topics that is not a valid envelope, or
+    /// whose data is not what its type says.
+    #[error("{0}")]
+    InvalidEvent(String),
 }
 
 impl DecodeError {
     /// Every [`code`](Self::code).
-    pub const CODES: [&'static str; 11] = [
+    pub const CODES: [&'static str; 12] = [
         "empty_value",
         "not_json",
         "missing_field",
@@ -95,6 +99,7 @@ impl DecodeError {
         "invalid_record_timestamp",
         "conflicting_duplicate",
         "internal_error",
+        "invalid_event",
     ];
 
     /// A short, fixed label for metrics and the dead-letter `reason` header.
@@ -111,6 +116,7 @@ impl DecodeError {
             DecodeError::InvalidRecordTimestamp(_) => "invalid_record_timestamp",
             DecodeError::ConflictingDuplicate(_) => "conflicting_duplicate",
             DecodeError::Internal(_) => "internal_error",
+            DecodeError::InvalidEvent(_) => "invalid_event",
         }
     }
 }

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::CorrelationId;
+use crate::kafka::record::DecodeError;
 use crate::outbox::schema::outbox::{aggregate_versions, events};
 
 /// Version of the envelope format (`version` in every event).
@@ -93,6 +94,39 @@ pub struct Envelope {
     pub occurred_at: String,
     /// The event's content.
     pub data: serde_json::Value,
+}
+
+impl Envelope {
+    /// Reads an event from a record of one of the outbox's topics, without
+    /// trusting it: the value must be an envelope of this format with a
+    /// positive `aggregateVersion`, and a key, when there is one, must be
+    /// the aggregate id.
+    pub fn from_record(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Self, DecodeError> {
+        let value = value.ok_or(DecodeError::EmptyValue)?;
+        let event: Envelope = serde_json::from_slice(value).map_err(|e| {
+            DecodeError::InvalidEvent(format!("the value is not an event envelope: {e}"))
+        })?;
+        if event.version != ENVELOPE_VERSION {
+            return Err(DecodeError::InvalidEvent(format!(
+                "envelope version {} is not {ENVELOPE_VERSION}",
+                event.version
+            )));
+        }
+        if event.aggregate_version < 1 {
+            return Err(DecodeError::InvalidEvent(format!(
+                "aggregateVersion {} is not positive",
+                event.aggregate_version
+            )));
+        }
+        if let Some(key) = key
+            && key != event.aggregate_id.as_bytes()
+        {
+            return Err(DecodeError::InvalidEvent(
+                "the record's key is not the event's aggregateId".to_owned(),
+            ));
+        }
+        Ok(event)
+    }
 }
 
 /// Takes the next version of an aggregate and locks it until the caller's

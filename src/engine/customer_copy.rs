@@ -1,0 +1,96 @@
+//! Shop's copy of the customers, fed by accounts' events
+//! (`accounts.customer.change`): event-carried state transfer. Each event
+//! is applied only if its `aggregateVersion` is newer than the copy's
+//! ([`shop::store::apply_customer_event`]), in the batch's transaction with
+//! the partition's offset, so that a redelivered, duplicate or stale event
+//! changes nothing.
+
+use diesel_async::AsyncPgConnection;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rdkafka::Message as _;
+use rdkafka::message::BorrowedMessage;
+
+use crate::db::DbError;
+use crate::engine::pg_sink::Projection;
+use crate::engine::sink::{Decoded, Rejected};
+use crate::kafka::record::{DecodeError, RecordHeaders};
+use crate::outbox::Envelope;
+use crate::shop::CustomerState;
+use crate::shop::store::{self, Applied, ApplyError};
+
+/// The consumer group that keeps shop's copy.
+pub const GROUP_ID: &str = "chronolog-shop-customers";
+
+/// Applies customer events to `shop.customers`.
+pub struct CustomerCopy;
+
+impl Projection for CustomerCopy {
+    type Item = Envelope;
+
+    /// An envelope whose aggregate id is a customer id and whose data, for
+    /// a created or updated customer, holds a name and addresses: whatever
+    /// else could be wrong is found here, so that applying it can only fail
+    /// with the database.
+    fn decode(
+        &self,
+        message: &BorrowedMessage<'_>,
+        _headers: &RecordHeaders,
+    ) -> Result<Envelope, DecodeError> {
+        let event = Envelope::from_record(message.key(), message.payload())?;
+        if !event.aggregate_id.parse::<i64>().is_ok_and(|id| id > 0) {
+            return Err(DecodeError::InvalidEvent(
+                "aggregateId is not a customer id (a positive integer)".to_owned(),
+            ));
+        }
+        if matches!(
+            event.event_type.as_str(),
+            "CustomerCreated" | "CustomerUpdated"
+        ) {
+            serde_json::from_value::<CustomerState>(event.data.clone()).map_err(|e| {
+                DecodeError::InvalidEvent(format!("the event's data is not a customer: {e}"))
+            })?;
+        }
+        Ok(event)
+    }
+
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut AsyncPgConnection,
+        records: &'a [Decoded<Envelope>],
+    ) -> BoxFuture<'a, Result<Vec<Rejected>, DbError>> {
+        async move {
+            for record in records {
+                match store::apply_customer_event(conn, &record.item).await {
+                    Ok(Applied::Applied) => {}
+                    Ok(outcome @ (Applied::Stale | Applied::Ignored)) => tracing::debug!(
+                        offset = record.offset,
+                        ?outcome,
+                        aggregate_version = record.item.aggregate_version,
+                        "customer event changes nothing"
+                    ),
+                    Err(ApplyError::Database(error)) => return Err(error.into()),
+                    // `decode` checked both: cannot happen.
+                    Err(error @ (ApplyError::AggregateId(_) | ApplyError::Data(_))) => {
+                        return Err(DbError::Query(diesel::result::Error::QueryBuilderError(
+                            error.to_string().into(),
+                        )));
+                    }
+                }
+            }
+            Ok(Vec::new())
+        }
+        .boxed()
+    }
+
+    fn projected(&self, record: &Decoded<Envelope>) {
+        tracing::info!(
+            customer_id = record.item.aggregate_id,
+            aggregate_version = record.item.aggregate_version,
+            event_type = record.item.event_type,
+            offset = record.offset,
+            correlation_id = record.correlation_id.as_deref().unwrap_or(""),
+            "customer event applied"
+        );
+    }
+}
