@@ -149,6 +149,38 @@ impl Views {
     }
 }
 
+/// Applies every event of the outbox of `database_url`: accounts' to
+/// shop's customer copy (so that orders can be placed), all of them to the
+/// views. Both are idempotent, so events applied before change nothing.
+pub async fn project_outbox(database_url: &str) {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        aggregate_type: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        payload: String,
+    }
+    let mut conn = AsyncPgConnection::establish(database_url).await.unwrap();
+    let rows: Vec<Row> =
+        diesel::sql_query("SELECT aggregate_type, payload FROM outbox.events ORDER BY id")
+            .load(&mut conn)
+            .await
+            .unwrap();
+    conn.transaction::<_, ApplyError, _>(async |conn| {
+        for row in rows {
+            let aggregate = Aggregate::parse(&row.aggregate_type).unwrap();
+            let event: Envelope = serde_json::from_str(&row.payload).unwrap();
+            if aggregate == Aggregate::Customer {
+                apply_customer_event(conn, &event).await?;
+            }
+            apply_view_event(conn, aggregate.topic(), &event).await?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
 fn correlation() -> CorrelationId {
     CorrelationId::parse("shop-views-test").unwrap()
 }
