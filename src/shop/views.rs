@@ -176,13 +176,15 @@ pub struct OrderPage {
 ///
 /// Answers [`ViewApplied::Ignored`] for another topic or an event type the
 /// views do not use, [`ViewApplied::Stale`] for an event the views already
-/// hold (or something newer). An error for which
-/// [`ApplyError::is_bad_event`] holds means the event can never be applied
-/// (an aggregate id of the wrong kind, malformed data, data about another
-/// aggregate): dead-letter it. [`ApplyError::Database`] means the database
-/// failed: roll back and retry. Either way the caller's transaction must be
-/// rolled back (or the event's statements undone with a savepoint) before
-/// it goes on: a failed statement aborts the transaction.
+/// hold (or something newer).
+///
+/// An error for which [`ApplyError::is_bad_event`] holds means the event
+/// can never be applied (an aggregate id of the wrong kind, malformed data,
+/// data about another aggregate, a value the views cannot hold):
+/// dead-letter it. Such an event is refused before any statement runs, so
+/// the caller's transaction is intact and the batch can go on without it.
+/// [`ApplyError::Database`] means the database failed: the transaction is
+/// aborted; roll it back and retry the batch.
 pub async fn apply_view_event(
     conn: &mut AsyncPgConnection,
     topic: &str,
@@ -210,6 +212,13 @@ pub async fn apply_view_event(
     };
     if !known {
         return Ok(ViewApplied::Ignored);
+    }
+    // PostgreSQL's text and jsonb cannot hold NUL: refused here, before a
+    // statement fails on it (which would look like the database failing).
+    if event.data.to_string().contains("\\u0000") {
+        return Err(ApplyError::Inconsistent(
+            "the data holds a NUL character, which PostgreSQL cannot store".into(),
+        ));
     }
     if event.aggregate_version < 1 {
         return Err(ApplyError::Inconsistent(format!(

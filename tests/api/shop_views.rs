@@ -827,6 +827,11 @@ async fn stale_duplicate_unknown_and_bad_events() {
             }),
             "malformed",
         ),
+        (
+            topic,
+            bad(created.clone(), &|e| e.data["name"] = json!("Ket\u{0}tle")),
+            "NUL",
+        ),
     ];
     for (topic, event, message) in cases {
         let error = views.apply_one(topic, &event).await.unwrap_err();
@@ -838,6 +843,38 @@ async fn stale_duplicate_unknown_and_bad_events() {
     }
     assert_eq!(answers(&views, &ids.0, &ids.1, &ids.2).await, before);
     assert_eq!(tables(&views).await, rows);
+
+    // A bad event is refused before any statement: the batch's
+    // transaction goes on and commits the events after it.
+    let mut renamed = created.clone();
+    renamed.aggregate_version = 3;
+    renamed.data["name"] = json!("Kettle 2");
+    renamed.data["stock"] = json!(3);
+    renamed.data["stockStatus"] = json!(true);
+    let mut conn = views.connect().await;
+    let outcomes = conn
+        .transaction::<_, ApplyError, _>(async |conn| {
+            let mut outcomes = Vec::new();
+            for event in [bad(created.clone(), &|e| e.data = json!(1)), renamed] {
+                outcomes.push(
+                    apply_view_event(conn, topic, &event)
+                        .await
+                        .map_err(|e| e.is_bad_event()),
+                );
+            }
+            Ok(outcomes)
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [Err(true), Ok(ViewApplied::Applied)]);
+    assert_eq!(
+        views.get(&format!("/api/v1/products/{kettle}")).await,
+        (
+            200,
+            json!({"productId": kettle, "name": "Kettle 2", "price": "19.99", "stock": 3,
+                   "stockStatus": true})
+        )
+    );
     views.stop().await;
 }
 
