@@ -22,6 +22,7 @@ pub mod openapi;
 pub mod ops;
 pub mod query;
 pub mod shop;
+pub mod shop_query;
 pub mod wait;
 
 use std::net::{SocketAddr, TcpListener};

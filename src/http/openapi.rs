@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use actix_web::{HttpResponse, web};
 use utoipa::OpenApi;
 
-use crate::http::{accounts, command, ops, query, shop};
+use crate::http::{accounts, command, ops, query, shop, shop_query};
 
 /// The JSON error every 4xx and 5xx answer of chronolog's own carries.
 #[derive(utoipa::ToSchema)]
@@ -208,7 +208,26 @@ struct CommandDoc;
 struct ShopDoc;
 
 #[derive(OpenApi)]
-#[openapi(paths(query::get_timestamp), components(schemas(query::RecordView)))]
+#[openapi(
+    paths(
+        query::get_timestamp,
+        shop_query::list_orders,
+        shop_query::customer_orders,
+        shop_query::get_order,
+        shop_query::get_product,
+        shop_query::product_sales,
+    ),
+    components(schemas(
+        query::RecordView,
+        ContextErrorSchema,
+        shop_query::OrderList,
+        crate::shop::views::OrderDocument,
+        crate::shop::views::CustomerOrders,
+        crate::shop::views::Sale,
+        crate::shop::Product,
+    )),
+    tags((name = "shop", description = "The shop context's views: orders, products and their sales")),
+)]
 struct QueryDoc;
 
 /// The document of the server called `server` (`command`, `query` or

@@ -1,4 +1,5 @@
-//! Query API: `GET /api/v1/timestamp/{id}` (and `HEAD`), read from the view.
+//! Query API: `GET /api/v1/timestamp/{id}` (and `HEAD`), read from the view;
+//! the shop routes are in [`super::shop_query`].
 //!
 //! With `Prefer: wait=N` (RFC 7240) an id that is not in the view yet is
 //! waited for, up to N seconds (at most [`MAX_WAIT_SECONDS`]; a larger N
@@ -19,13 +20,15 @@ use crate::domain::format_timestamp;
 use crate::http::error::{ApiError, shorten};
 use crate::http::wait::{MAX_WAIT_SECONDS, ViewWatcher};
 
-/// Routes of the query API.
+/// Routes of the query API: the timestamp view's and shop's
+/// ([`super::shop_query`]), all read from the view database.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         super::resource("/api/v1/timestamp/{id}")
             .route(super::get_or_head().to(get_timestamp))
             .default_service(web::to(super::method_not_allowed)),
-    );
+    )
+    .configure(super::shop_query::routes);
 }
 
 /// A record of the view as the API shows it. `id` repeats `command_id`:

@@ -19,9 +19,19 @@ use crate::domain::CorrelationId;
 use crate::outbox::{self, Aggregate, Envelope};
 use crate::shop::schema::shop::{customer_addresses, customers, order_items, orders, products};
 use crate::shop::{
-    Address, AddressType, CustomerState, Money, NewOrder, NewProduct, Order, OrderItem, Product,
-    ProductChange, ShopError, shipping_address,
+    Address, AddressType, CustomerName, CustomerState, Money, NewOrder, NewProduct, Order,
+    OrderItem, Product, ProductChange, ShopError, shipping_address,
 };
+
+/// The customer copy's row as an order reads it: deleted, then the name.
+type NameRow = (
+    bool,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 /// A product row: id, name, price, stock.
 type ProductRow = (Uuid, String, bigdecimal::BigDecimal, i32);
@@ -207,14 +217,28 @@ pub async fn place_order(
             // one customer do not wait for each other.
             let known = customers::table
                 .find(customer_id)
-                .select(customers::deleted)
+                .select((
+                    customers::deleted,
+                    customers::title,
+                    customers::first_name,
+                    customers::middle_name,
+                    customers::last_name,
+                    customers::suffix,
+                ))
                 .for_share()
-                .first::<bool>(conn)
+                .first::<NameRow>(conn)
                 .await
                 .optional()?;
-            if known != Some(false) {
-                return Err(ShopError::UnknownCustomer(customer_id));
-            }
+            let customer_name = match known {
+                Some((false, title, first_name, middle_name, last_name, suffix)) => CustomerName {
+                    title,
+                    first_name,
+                    middle_name,
+                    last_name,
+                    suffix,
+                },
+                _ => return Err(ShopError::UnknownCustomer(customer_id)),
+            };
             let addresses = customer_addresses_of(conn, customer_id).await?;
             let ship_to = shipping_address(&addresses)
                 .cloned()
@@ -346,7 +370,12 @@ pub async fn place_order(
                 items,
                 shipping_address: ship_to,
             };
-            let data = to_json(&order)?;
+            // The event carries the order as answered plus the customer's
+            // name as shop's copy holds it now: the read side's order
+            // document shows who ordered without a customer lookup that
+            // would depend on which events it applied first.
+            let mut data = to_json(&order)?;
+            data["customerName"] = to_json(&customer_name)?;
             outbox::record(
                 conn,
                 Aggregate::Order,
@@ -501,19 +530,35 @@ pub enum Applied {
     Ignored,
 }
 
-/// Why an accounts event cannot be applied (it can never be: a consumer
-/// should dead-letter it).
+/// Why an event cannot be applied: to shop's customer copy
+/// ([`apply_customer_event`]) or to the read side's views
+/// (`shop::views::apply_view_event`). Every variant but `Database` means
+/// the event itself is bad and can never be applied: a consumer should
+/// dead-letter it. `Database` is the database failing: retry.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    /// The aggregate id is not a customer id.
-    #[error("aggregateId '{0}' is not a customer id")]
+    /// The aggregate id is not an id of the topic's aggregates (a positive
+    /// integer for customers, a UUID for products and orders).
+    #[error("aggregateId '{0}' is not an id of this topic's aggregates")]
     AggregateId(String),
-    /// The data does not hold a customer's name and addresses.
-    #[error("the event's data is not a customer: {0}")]
+    /// The data does not have the shape of the event's type.
+    #[error("the event's data is malformed: {0}")]
     Data(#[from] serde_json::Error),
+    /// The data contradicts the envelope (another aggregate's id) or holds
+    /// a value the view cannot keep.
+    #[error("the event's data is inconsistent: {0}")]
+    Inconsistent(String),
     /// The database failed.
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
+}
+
+impl ApplyError {
+    /// Whether the event can never be applied (dead-letter it), as opposed
+    /// to the database failing (retry).
+    pub fn is_bad_event(&self) -> bool {
+        !matches!(self, ApplyError::Database(_))
+    }
 }
 
 /// Applies an event of `accounts.customer.change` to shop's copy of the

@@ -24,5 +24,6 @@ mod recovery;
 mod secrets;
 mod secure_rig;
 mod shop;
+mod shop_views;
 mod tls;
 mod writer;

@@ -29,7 +29,14 @@ const COMMAND: [&str; 11] = [
     "post /api/v1/orders",
     "delete /api/v1/orders/{id}",
 ];
-const QUERY: [&str; 1] = ["get /api/v1/timestamp/{id}"];
+const QUERY: [&str; 6] = [
+    "get /api/v1/timestamp/{id}",
+    "get /orders/list",
+    "get /orders/order/{customerId}",
+    "get /api/v1/orders/{orderId}",
+    "get /api/v1/products/{id}",
+    "get /api/v1/products/{id}/sales",
+];
 
 async fn document(http: &reqwest::Client, base: &str) -> Value {
     let response = http
@@ -412,6 +419,141 @@ async fn every_port_documents_exactly_its_routes_and_answers_as_documented() {
         QUERY[0],
         "/api/v1/timestamp/not-a-uuid",
         400,
+    )
+    .await;
+
+    // shop's views, fed from the outbox as the consumer does: a customer
+    // known to shop orders a product that exists.
+    let buyer = customer_id + 1;
+    let customer = json!({
+        "id": buyer,
+        "name": {"firstName": "Grace", "lastName": "Hopper"},
+        "addresses": [{"type": "SHIPPING", "address1": "1 Navy Way", "city": "Arlington"}],
+    });
+    exercise_with(
+        &app.http,
+        c,
+        &command,
+        COMMAND[3],
+        "/accounts/customer/create",
+        Some(customer),
+        200,
+    )
+    .await;
+    let db = app.settings.database_url.expose().to_owned();
+    crate::shop_views::project_outbox(&db).await;
+    let product = exercise_with(
+        &app.http,
+        c,
+        &command,
+        COMMAND[6],
+        "/api/v1/products",
+        Some(json!({"name": "Compiler", "price": "5.00", "stock": 2})),
+        201,
+    )
+    .await;
+    let product_id = product["productId"].as_str().expect("an id").to_owned();
+    let order = exercise_with(
+        &app.http,
+        c,
+        &command,
+        COMMAND[9],
+        "/api/v1/orders",
+        Some(json!({"customerId": buyer, "items": [{"productId": product_id, "quantity": 1}]})),
+        201,
+    )
+    .await;
+    let order_id = order["orderId"].as_str().expect("an id").to_owned();
+    crate::shop_views::project_outbox(&db).await;
+    let page = exercise(&app.http, q, &query, QUERY[1], "/orders/list?limit=1", 200).await;
+    assert_eq!(page["orders"][0]["orderId"], json!(order_id));
+    exercise(&app.http, q, &query, QUERY[1], "/orders/list?limit=0", 400).await;
+    let mine = exercise(
+        &app.http,
+        q,
+        &query,
+        QUERY[2],
+        &format!("/orders/order/{buyer}"),
+        200,
+    )
+    .await;
+    assert_eq!(mine["name"]["firstName"], "Grace");
+    exercise(&app.http, q, &query, QUERY[2], "/orders/order/0", 400).await;
+    exercise(
+        &app.http,
+        q,
+        &query,
+        QUERY[2],
+        &format!("/orders/order/{}", buyer + 1),
+        404,
+    )
+    .await;
+    let doc = exercise(
+        &app.http,
+        q,
+        &query,
+        QUERY[3],
+        &format!("/api/v1/orders/{order_id}"),
+        200,
+    )
+    .await;
+    assert_eq!(doc["customerName"]["lastName"], "Hopper");
+    exercise(&app.http, q, &query, QUERY[3], "/api/v1/orders/x", 400).await;
+    exercise(
+        &app.http,
+        q,
+        &query,
+        QUERY[3],
+        &format!("/api/v1/orders/{absent}"),
+        404,
+    )
+    .await;
+    let shown = exercise(
+        &app.http,
+        q,
+        &query,
+        QUERY[4],
+        &format!("/api/v1/products/{product_id}"),
+        200,
+    )
+    .await;
+    assert_eq!(shown["stock"], 1);
+    exercise(&app.http, q, &query, QUERY[4], "/api/v1/products/x", 400).await;
+    exercise(
+        &app.http,
+        q,
+        &query,
+        QUERY[4],
+        &format!("/api/v1/products/{absent}"),
+        404,
+    )
+    .await;
+    let sales = exercise(
+        &app.http,
+        q,
+        &query,
+        QUERY[5],
+        &format!("/api/v1/products/{product_id}/sales"),
+        200,
+    )
+    .await;
+    assert_eq!(sales[0]["productTotalPrice"], "5.00");
+    exercise(
+        &app.http,
+        q,
+        &query,
+        QUERY[5],
+        "/api/v1/products/x/sales",
+        400,
+    )
+    .await;
+    exercise(
+        &app.http,
+        q,
+        &query,
+        QUERY[5],
+        &format!("/api/v1/products/{absent}/sales"),
+        404,
     )
     .await;
     app.stop().await;
