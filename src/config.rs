@@ -485,7 +485,7 @@ impl Settings {
 
     /// The dead-letter topic that belongs to the command topic.
     pub fn dead_letter_topic(&self) -> String {
-        format!("{}.dlq", self.kafka_topic)
+        crate::kafka::dead_letter::dead_letter_topic(&self.kafka_topic)
     }
 }
 

@@ -15,13 +15,18 @@ use crate::actors::producer::{KafkaProducer, SharedProducer};
 use crate::config::{Role, Settings};
 use crate::db::DatabaseUrl;
 use crate::db::idempotency::IdempotencyStore;
+use crate::engine::customer_copy::CustomerCopy;
 use crate::engine::group::{ConsumerGroup, Membership};
+use crate::engine::pg_sink::PgSink;
+use crate::engine::shop_views::ShopViews;
 use crate::engine::timestamp_view::TimestampView;
 use crate::http::ops::{BrokerProbe, Readiness};
 use crate::http::{self, RunningServer};
 use crate::kafka::admin;
+use crate::kafka::dead_letter::dead_letter_topic;
 use crate::kafka::lag::LagMonitor;
 use crate::metrics::Metrics;
+use crate::outbox::Aggregate;
 
 /// A running chronolog process: some or all of its roles.
 pub struct Application {
@@ -29,6 +34,8 @@ pub struct Application {
     query: Option<RunningServer>,
     consumer_ops: Option<RunningServer>,
     group: Option<ConsumerGroup>,
+    /// The shop's projections: its copy of the customers, its read views.
+    projections: Vec<ConsumerGroup>,
     lag: Option<LagMonitor>,
     producer: Option<Addr<KafkaProducer>>,
     relays: Vec<Addr<OutboxRelay>>,
@@ -44,6 +51,61 @@ fn context_databases(settings: &Settings) -> Vec<(DatabaseUrl, &'static str)> {
     } else {
         vec![(accounts.clone(), "accounts"), (shop.clone(), "shop")]
     }
+}
+
+/// Starts the shop's projections for the consumer role: shop's copy of the
+/// customers (into the shop's database) and the shop's read views (into
+/// `DATABASE_URL`, which the query role reads), one consumer group per
+/// topic, named after `KAFKA_GROUP_ID`. Each is a `/ready` component.
+async fn start_shop_projections(
+    settings: &Settings,
+    producer: &Addr<KafkaProducer>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Vec<(String, ConsumerGroup)>> {
+    let size = settings.database_pool_size;
+    let shop_db = settings.shop_database();
+    if shop_db.expose() != settings.database_url.expose() {
+        crate::db::prepare(&shop_db, "shop").await;
+    }
+    let copy = Arc::new(PgSink::new(crate::db::pool(&shop_db, size), CustomerCopy));
+    let views = Arc::new(PgSink::new(
+        crate::db::pool(&settings.database_url, size),
+        ShopViews,
+    ));
+    let prefix = &settings.outbox_topic_prefix;
+    let group = |name: &str| format!("{}-{name}", settings.kafka_group_id);
+    let mut started = Vec::new();
+    let customers = format!("{prefix}{}", Aggregate::Customer.topic());
+    started.push((
+        "shop_customer_copy".to_owned(),
+        ConsumerGroup::start(
+            settings,
+            &group("shop-customer-copy"),
+            &customers,
+            Membership::Subscribe,
+            copy,
+            Some(producer.clone()),
+            metrics.clone(),
+        )
+        .context("cannot join the shop's customer copy group")?,
+    ));
+    for aggregate in Aggregate::ALL {
+        let name = format!("shop_view_{}", aggregate.as_str());
+        let topic = format!("{prefix}{}", aggregate.topic());
+        let group_id = group(&format!("shop-view-{}", aggregate.as_str()));
+        let consumer = ConsumerGroup::start(
+            settings,
+            &group_id,
+            &topic,
+            Membership::Subscribe,
+            views.clone(),
+            Some(producer.clone()),
+            metrics.clone(),
+        )
+        .with_context(|| format!("cannot join the {name} group"))?;
+        started.push((name, consumer));
+    }
+    Ok(started)
 }
 
 /// The event topics of the outbox relays, with `OUTBOX_TOPIC_PREFIX`.
@@ -83,8 +145,14 @@ impl Application {
                 .await
                 .context("KAFKA_BROKERS: cannot prepare the topics")?;
             let mut names = vec![settings.kafka_topic.clone(), settings.dead_letter_topic()];
-            if has(Role::Command) {
-                let events = event_topics(settings);
+            if has(Role::Command) || has(Role::Consumer) {
+                let mut events = event_topics(settings);
+                if has(Role::Consumer) {
+                    // The shop's projections dead-letter into these.
+                    let dead_letters: Vec<String> =
+                        events.iter().map(|t| dead_letter_topic(t)).collect();
+                    events.extend(dead_letters);
+                }
                 let report = admin::ensure_named_topics(settings, &events)
                     .await
                     .context("KAFKA_BROKERS: cannot prepare the event topics")?;
@@ -129,6 +197,7 @@ impl Application {
             query: None,
             consumer_ops: None,
             group: None,
+            projections: Vec::new(),
             lag: None,
             producer: producer.clone(),
             relays: Vec::new(),
@@ -162,6 +231,10 @@ impl Application {
             .context("cannot join the consumer group")?;
             readiness.partitions = Some(group.status());
             app.group = Some(group);
+            for (name, group) in start_shop_projections(settings, producer, &metrics).await? {
+                readiness.projections.push((name, group.status()));
+                app.projections.push(group);
+            }
         }
         if uses_db {
             readiness.database = Some(crate::db::pool(
@@ -310,11 +383,13 @@ impl Application {
         .flatten()
         .collect();
         let stop_servers = futures::future::join_all(servers.iter().map(RunningServer::stop));
-        let stop_group = async {
-            if let Some(group) = self.group.take() {
-                group.stop().await;
-            }
-        };
+        let groups: Vec<ConsumerGroup> = self
+            .group
+            .take()
+            .into_iter()
+            .chain(self.projections.drain(..))
+            .collect();
+        let stop_group = futures::future::join_all(groups.into_iter().map(ConsumerGroup::stop));
         futures::join!(stop_servers, stop_group);
         if let Some(lag) = self.lag.take() {
             // Joining the thread blocks for at most one measurement.

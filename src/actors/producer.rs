@@ -251,7 +251,7 @@ impl Handler<PublishDeadLetter> for KafkaProducer {
             self.client(),
             self.shared.metrics.clone(),
             Outgoing {
-                topic: self.shared.settings.dead_letter_topic(),
+                topic: msg.topic,
                 key: msg.key,
                 value: msg.value,
                 headers,

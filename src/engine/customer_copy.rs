@@ -12,15 +12,14 @@ use rdkafka::Message as _;
 use rdkafka::message::BorrowedMessage;
 
 use crate::db::DbError;
+use crate::db::queries::PartitionKey;
+use crate::engine::events;
 use crate::engine::pg_sink::Projection;
 use crate::engine::sink::{Decoded, Rejected};
 use crate::kafka::record::{DecodeError, RecordHeaders};
 use crate::outbox::Envelope;
 use crate::shop::CustomerState;
 use crate::shop::store::{self, Applied, ApplyError};
-
-/// The consumer group that keeps shop's copy.
-pub const GROUP_ID: &str = "chronolog-shop-customers";
 
 /// Applies customer events to `shop.customers`.
 pub struct CustomerCopy;
@@ -57,9 +56,11 @@ impl Projection for CustomerCopy {
     fn apply<'a>(
         &'a self,
         conn: &'a mut AsyncPgConnection,
+        partition: &'a PartitionKey,
         records: &'a [Decoded<Envelope>],
     ) -> BoxFuture<'a, Result<Vec<Rejected>, DbError>> {
         async move {
+            let mut refused = Vec::new();
             for record in records {
                 match store::apply_customer_event(conn, &record.item).await {
                     Ok(Applied::Applied) => {}
@@ -70,27 +71,16 @@ impl Projection for CustomerCopy {
                         "customer event changes nothing"
                     ),
                     Err(ApplyError::Database(error)) => return Err(error.into()),
-                    // `decode` checked both: cannot happen.
-                    Err(error @ (ApplyError::AggregateId(_) | ApplyError::Data(_))) => {
-                        return Err(DbError::Query(diesel::result::Error::QueryBuilderError(
-                            error.to_string().into(),
-                        )));
-                    }
+                    // Refused before any statement: the transaction goes on.
+                    Err(error) => refused.push(events::rejected(partition, record, &error)),
                 }
             }
-            Ok(Vec::new())
+            Ok(refused)
         }
         .boxed()
     }
 
     fn projected(&self, record: &Decoded<Envelope>) {
-        tracing::info!(
-            customer_id = record.item.aggregate_id,
-            aggregate_version = record.item.aggregate_version,
-            event_type = record.item.event_type,
-            offset = record.offset,
-            correlation_id = record.correlation_id.as_deref().unwrap_or(""),
-            "customer event applied"
-        );
+        events::log_applied(record, "customer event applied to shop's copy");
     }
 }

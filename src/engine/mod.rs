@@ -18,6 +18,8 @@
 //! * [`timestamp_view`]: the timestamp view as a sink (through the DB
 //!   writer).
 //! * [`customer_copy`]: shop's copy of the customers from accounts' events.
+//! * [`shop_views`]: the shop's read side from the outbox's topics.
+//! * [`events`]: what those two share.
 //! * [`status`]: what the partitions are doing, for `/ready`, `Prefer: wait`
 //!   and the rebuild's finish line.
 //!
@@ -26,9 +28,11 @@
 //! (`actors::db_writer`, `actors::producer`); nothing below imports it.
 
 pub mod customer_copy;
+pub mod events;
 pub mod group;
 pub mod partition_consumer;
 pub mod pg_sink;
+pub mod shop_views;
 pub mod sink;
 pub mod status;
 pub mod timestamp_view;

@@ -34,11 +34,13 @@ pub trait Projection: Send + Sync + 'static {
         headers: &RecordHeaders,
     ) -> Result<Self::Item, DecodeError>;
 
-    /// Applies `records` (in offset order, none of them applied before) in
-    /// the caller's transaction.
+    /// Applies `records` of `partition` (in offset order, none of them
+    /// applied before) in the caller's transaction. What it refuses without
+    /// failing the transaction comes back as [`Rejected`], to dead-letter.
     fn apply<'a>(
         &'a self,
         conn: &'a mut AsyncPgConnection,
+        partition: &'a PartitionKey,
         records: &'a [Decoded<Self::Item>],
     ) -> BoxFuture<'a, Result<Vec<Rejected>, DbError>>;
 
@@ -99,7 +101,7 @@ impl<P: Projection> Sink for PgSink<P> {
                         }
                         None => &records[..],
                     };
-                    let rejected = projection.apply(conn, fresh).await?;
+                    let rejected = projection.apply(conn, &partition, fresh).await?;
                     queries::save_offset(conn, &partition, next_offset).await?;
                     Ok(rejected)
                 })

@@ -115,6 +115,9 @@ pub struct Readiness {
     pub broker: Option<Arc<BrokerProbe>>,
     /// The group's partitions, for the consumer role: not ready while one is blocked.
     pub partitions: Option<Arc<GroupStatus>>,
+    /// The other projections of the consumer role (the shop's), by name:
+    /// each is a component of its own, down while a partition is blocked.
+    pub projections: Vec<(String, Arc<GroupStatus>)>,
     /// What the start found about chronolog's topics (finite retention is a
     /// warning: the service works, a rebuild from the log would not).
     pub topics: Option<Arc<TopicReport>>,
@@ -201,7 +204,7 @@ impl Readiness {
 
 impl ReadyChecks {
     /// Logs a change of state once, by whichever request sees it first.
-    fn log_change(&self, up: bool, components: &BTreeMap<&str, Component>) {
+    fn log_change(&self, up: bool, components: &BTreeMap<String, Component>) {
         let now = if up { State::Up } else { State::Down };
         let before = State::from_u8(self.logged.swap(now as u8, Ordering::Relaxed));
         if before == now {
@@ -236,6 +239,25 @@ impl Component {
             },
         }
     }
+
+    /// A consumer group's partitions: down while one is blocked or has a
+    /// problem.
+    fn of_group(status: &GroupStatus) -> Self {
+        let blocked = status.blocked();
+        let problems = status.problems();
+        Self {
+            status: if blocked.is_empty() && problems.is_empty() {
+                "UP"
+            } else {
+                "DOWN"
+            },
+            detail: json!({
+                "assigned": status.assigned(),
+                "blocked": blocked,
+                "problems": problems,
+            }),
+        }
+    }
 }
 
 /// Readiness: the dependencies of this process's roles, each `UP`, `DOWN`
@@ -249,33 +271,20 @@ pub async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
     let checked = readiness.dependencies().await;
     let mut components = BTreeMap::new();
     if let Some(result) = checked.database {
-        components.insert("database", Component::from_result(result));
+        components.insert("database".to_owned(), Component::from_result(result));
     }
     if let Some(result) = checked.broker {
-        components.insert("broker", Component::from_result(result));
+        components.insert("broker".to_owned(), Component::from_result(result));
     }
     if let Some(status) = &readiness.partitions {
-        let blocked = status.blocked();
-        let problems = status.problems();
-        components.insert(
-            "partitions",
-            Component {
-                status: if blocked.is_empty() && problems.is_empty() {
-                    "UP"
-                } else {
-                    "DOWN"
-                },
-                detail: json!({
-                    "assigned": status.assigned(),
-                    "blocked": blocked,
-                    "problems": problems,
-                }),
-            },
-        );
+        components.insert("partitions".to_owned(), Component::of_group(status));
+    }
+    for (name, status) in &readiness.projections {
+        components.insert(name.clone(), Component::of_group(status));
     }
     if let Some(topics) = &readiness.topics {
         components.insert(
-            "topics",
+            "topics".to_owned(),
             Component {
                 status: if topics.finite_retention.is_empty() {
                     "UP"

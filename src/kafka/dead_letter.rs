@@ -37,9 +37,17 @@ pub struct SourcePosition {
     pub offset: i64,
 }
 
+/// The dead-letter topic of `topic`: records of `topic` that cannot be
+/// used go there.
+pub fn dead_letter_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
 /// A dead letter, ready to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
+    /// Where it goes: the source topic's dead-letter topic, `<topic>.dlq`.
+    pub topic: String,
     /// The source key, or its first [`KEY_CUT`] bytes.
     pub key: Option<Vec<u8>>,
     /// The source value, or its first [`VALUE_CUT`] bytes.
@@ -96,6 +104,7 @@ impl DeadLetter {
             let mut all = headers;
             all.append(&mut trailer);
             return Self {
+                topic: dead_letter_topic(&source.topic),
                 key: key.map(<[u8]>::to_vec),
                 value: value.map(<[u8]>::to_vec),
                 headers: all,
@@ -136,6 +145,7 @@ impl DeadLetter {
         });
         kept.append(&mut trailer);
         Self {
+            topic: dead_letter_topic(&source.topic),
             key,
             value,
             headers: kept,

@@ -24,6 +24,7 @@ mod recovery;
 mod secrets;
 mod secure_rig;
 mod shop;
+mod shop_flow;
 mod shop_views;
 mod tls;
 mod writer;
