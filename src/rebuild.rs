@@ -1,6 +1,8 @@
 //! Disaster recovery: `chronolog rebuild` replays the whole log into a
 //! database with a fresh consumer group, shows progress, and exits once the
-//! view has caught up with the high watermarks taken when it started.
+//! views have caught up with the high watermarks taken when it started:
+//! the command topic into the timestamp view, then the shop's event topics
+//! into the shop's read views.
 //!
 //! It is the consumer role with a new group id and a finish line: the same
 //! partition consumers and DB writer, so a rebuilt view is written exactly
@@ -24,9 +26,13 @@ use anyhow::Context as _;
 use crate::actors::db_writer::DbWriter;
 use crate::config::Settings;
 use crate::engine::group::{ConsumerGroup, Membership};
+use crate::engine::pg_sink::PgSink;
+use crate::engine::shop_views::ShopViews;
+use crate::engine::sink::Sink;
 use crate::engine::timestamp_view::TimestampView;
 use crate::kafka::admin;
 use crate::metrics::Metrics;
+use crate::outbox::Aggregate;
 
 /// How often progress is shown.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -116,43 +122,102 @@ impl Progress {
 }
 
 /// Replays the command topic into `settings.database_url` with the options'
-/// consumer group, printing progress to stderr.
+/// consumer group, then each of the shop's event topics into the shop's
+/// read views (groups `<group>-shop-view-<aggregate>`), printing progress
+/// to stderr.
 pub async fn rebuild(
     settings: &Settings,
     options: &RebuildOptions,
 ) -> anyhow::Result<RebuildReport> {
-    let group_id = options.group_id.as_str();
     let started = Instant::now();
     crate::kafka::preflight(settings).await?;
     crate::db::run_migrations(&settings.database_url)
         .await
         .context("DATABASE_URL: cannot prepare the target database")?;
-    let targets = {
-        let (owned, topic) = (settings.clone(), settings.kafka_topic.clone());
-        tokio::task::spawn_blocking(move || admin::watermarks(&owned, &topic))
-            .await?
-            .with_context(|| {
-                format!(
-                    "KAFKA_BROKERS: cannot read the watermarks of {}",
-                    settings.kafka_topic
-                )
-            })?
+    let (url, size) = (settings.database_url.clone(), settings.database_pool_size);
+    let writer_metrics = Metrics::new();
+    let writer = Supervisor::start(move |_| DbWriter::new(url, size, writer_metrics));
+    let mut records = replay(
+        settings,
+        &Replay {
+            group_id: options.group_id.clone(),
+            topic: settings.kafka_topic.clone(),
+            allow_partial: options.allow_partial,
+            required: true,
+        },
+        Arc::new(TimestampView::new(writer)),
+    )
+    .await?;
+    let views = Arc::new(PgSink::new(
+        crate::db::pool(&settings.database_url, settings.database_pool_size),
+        ShopViews,
+    ));
+    for aggregate in Aggregate::ALL {
+        let replayed = replay(
+            settings,
+            &Replay {
+                group_id: format!("{}-shop-view-{}", options.group_id, aggregate.as_str()),
+                topic: format!("{}{}", settings.outbox_topic_prefix, aggregate.topic()),
+                allow_partial: options.allow_partial,
+                required: false,
+            },
+            views.clone(),
+        )
+        .await?;
+        records += replayed;
+    }
+    let report = RebuildReport {
+        records,
+        elapsed: started.elapsed(),
     };
-    anyhow::ensure!(
-        !targets.is_empty(),
-        "topic {} has no partitions",
-        settings.kafka_topic
-    );
+    tracing::info!(records = report.records, elapsed = ?report.elapsed, "rebuild finished");
+    Ok(report)
+}
+
+/// One topic to replay into a sink.
+#[derive(Debug, Clone)]
+struct Replay {
+    /// Consumer group of the replay; its offsets are stored in the target.
+    group_id: String,
+    /// The topic replayed.
+    topic: String,
+    /// Replay even when the log has lost its oldest records.
+    allow_partial: bool,
+    /// Whether a topic that does not exist is an error (else nothing to do).
+    required: bool,
+}
+
+/// Runs a consumer over `replay.topic`, from its start (or where an earlier
+/// run of the group stopped) to the high watermarks taken now, into `sink`:
+/// the operation behind `chronolog rebuild`. Answers the records replayed.
+async fn replay<S: Sink>(
+    settings: &Settings,
+    replay: &Replay,
+    sink: Arc<S>,
+) -> anyhow::Result<i64> {
+    let (group_id, topic) = (replay.group_id.as_str(), replay.topic.as_str());
+    let started = Instant::now();
+    let targets = {
+        let (owned, name) = (settings.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || admin::watermarks(&owned, &name))
+            .await?
+            .with_context(|| format!("KAFKA_BROKERS: cannot read the watermarks of {topic}"))?
+    };
+    if targets.is_empty() {
+        anyhow::ensure!(!replay.required, "topic {topic} has no partitions");
+        tracing::info!(topic, "topic absent; nothing to rebuild from it");
+        return Ok(0);
+    }
     let missing = missing_records(&targets);
     if !missing.is_empty() {
         anyhow::ensure!(
-            options.allow_partial,
-            "the log of {} has lost its oldest records, so the rebuilt view would be partial: {}. \
+            replay.allow_partial,
+            "the log of {topic} has lost its oldest records, so the rebuilt view would be partial: {}. \
              Restore the log, or run again with --allow-partial to rebuild what is left",
-            settings.kafka_topic,
             missing.join("; ")
         );
         tracing::warn!(
+            topic,
             missing = missing.join("; "),
             "rebuilding a partial view (--allow-partial)"
         );
@@ -160,7 +225,7 @@ pub async fn rebuild(
     // An earlier run with this group stored its progress with the view: a
     // partition already at its finish line has nothing left to commit, and
     // counts as done from the start.
-    let resumed = stored_offsets(settings, group_id).await?;
+    let resumed = stored_offsets(settings, group_id, topic).await?;
     let ahead: Vec<String> = resumed
         .iter()
         .filter_map(|(partition, &next)| {
@@ -171,34 +236,22 @@ pub async fn rebuild(
         .collect();
     anyhow::ensure!(
         ahead.is_empty(),
-        "the target database holds offsets of group {group_id} above the end of the log of {} ({}): \
+        "the target database holds offsets of group {group_id} above the end of the log of {topic} ({}): \
          the topic was recreated or the broker lost records. Rebuild into an empty database, or run \
-         `chronolog offsets reset --topic {} --group {group_id} --to earliest` first",
-        settings.kafka_topic,
+         `chronolog offsets reset --topic {topic} --group {group_id} --to earliest` first",
         ahead.join("; "),
-        settings.kafka_topic
     );
-    tracing::info!(
-        group_id,
-        topic = settings.kafka_topic,
-        ?targets,
-        ?resumed,
-        "rebuild started"
-    );
+    tracing::info!(group_id, topic, ?targets, ?resumed, "rebuild started");
 
-    let (url, size) = (settings.database_url.clone(), settings.database_pool_size);
-    let metrics = Metrics::new();
-    let writer_metrics = metrics.clone();
-    let writer = Supervisor::start(move |_| DbWriter::new(url, size, writer_metrics));
     let start = targets.iter().map(|(&p, &(low, _))| (p, low)).collect();
     let group = ConsumerGroup::start(
         settings,
         group_id,
-        &settings.kafka_topic,
+        topic,
         Membership::Assign(start),
-        Arc::new(TimestampView::new(writer)),
+        sink,
         None,
-        metrics,
+        Metrics::new(),
     )?;
     let status = group.status();
 
@@ -216,7 +269,7 @@ pub async fn rebuild(
         if let Some((partition, panic)) = status.last_panic() {
             group.stop().await;
             anyhow::bail!(
-                "a partition worker panicked during the rebuild (partition {partition}: {panic}); \
+                "a partition worker panicked during the rebuild (partition {partition} of {topic}: {panic}); \
                  the error log has its place in the log. Nothing is lost: run the rebuild again \
                  with --group-id {group_id} to resume it once the cause is fixed"
             );
@@ -225,7 +278,7 @@ pub async fn rebuild(
             continue;
         }
         shown = Some(Instant::now());
-        let line = progress.line(started.elapsed());
+        let line = format!("{topic}: {}", progress.line(started.elapsed()));
         let mut err = std::io::stderr().lock();
         // Progress goes to the terminal; a failed write to it is not an error.
         let _ = if terminal {
@@ -240,27 +293,26 @@ pub async fn rebuild(
             break progress;
         }
         if !status.blocked().is_empty() {
-            tracing::warn!(blocked = ?status.blocked(), problems = ?status.problems(), "rebuild is blocked; retrying");
+            tracing::warn!(topic, blocked = ?status.blocked(), problems = ?status.problems(), "rebuild is blocked; retrying");
         }
     };
     group.stop().await;
-    let report = RebuildReport {
-        records: progress.total,
-        elapsed: started.elapsed(),
-    };
-    tracing::info!(records = report.records, elapsed = ?report.elapsed, "rebuild finished");
-    Ok(report)
+    Ok(progress.total)
 }
 
 /// The next offsets the target database stored for `group_id` (empty for a
 /// new group).
-async fn stored_offsets(settings: &Settings, group_id: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+async fn stored_offsets(
+    settings: &Settings,
+    group_id: &str,
+    topic: &str,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
     let pool = crate::db::pool(&settings.database_url, 1);
     let mut conn = pool
         .get()
         .await
         .context("DATABASE_URL: cannot connect to the target database")?;
-    let stored = crate::db::queries::load_offsets(&mut conn, group_id, &settings.kafka_topic)
+    let stored = crate::db::queries::load_offsets(&mut conn, group_id, topic)
         .await
         .context("DATABASE_URL: cannot read the stored offsets")?;
     Ok(stored.into_iter().collect())

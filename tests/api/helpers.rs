@@ -688,6 +688,7 @@ pub async fn run_rebuild(
         .env("KAFKA_BROKERS", &settings.kafka_brokers)
         .env("KAFKA_TOPIC", &settings.kafka_topic)
         .env("KAFKA_GROUP_ID", &settings.kafka_group_id)
+        .env("OUTBOX_TOPIC_PREFIX", &settings.outbox_topic_prefix)
         .env(
             "LOG_LEVEL",
             std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),

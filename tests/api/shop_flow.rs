@@ -5,8 +5,9 @@
 use serde_json::{Value, json};
 
 use crate::accounts::{Answer, count, john, post, shop_settings};
-use crate::helpers::{TestApp, create_database, eventually};
+use crate::helpers::{TestApp, create_database, eventually, run_rebuild};
 use crate::shop::{order, product};
+use crate::shop_views::view_tables;
 
 /// `GET path` on the query port once `ready` holds for its answer.
 async fn query_until(
@@ -157,5 +158,18 @@ async fn a_customer_created_in_accounts_can_order_in_shop_and_the_views_show_it(
         .collect();
     sold.sort_unstable();
     assert_eq!(sold, [1, 2]);
+
+    // Thrown away and rebuilt from the log: the same views.
+    let live = view_tables(&db).await;
+    assert_eq!(live["orders"].as_array().map(Vec::len), Some(2));
+    let settings = app.settings.clone();
     app.stop().await;
+    let empty = create_database().await;
+    let rebuilt = run_rebuild(&settings, &empty, &[]).await;
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    assert_eq!(view_tables(&empty).await, live);
 }

@@ -494,6 +494,11 @@ async fn answers(views: &Views, orders: &[Uuid], products: &[Uuid], customers: &
 
 /// Every row of the views, as JSON, ordered.
 async fn tables(views: &Views) -> Value {
+    view_tables(&views.url).await
+}
+
+/// Every row of the shop's view tables, in key order.
+pub async fn view_tables(database_url: &str) -> Value {
     #[derive(QueryableByName)]
     struct Dump {
         #[diesel(sql_type = diesel::sql_types::Text)]
@@ -510,7 +515,7 @@ async fn tables(views: &Views) -> Value {
             "SELECT coalesce(json_agg(t ORDER BY {key}), '[]')::text AS rows \
              FROM shop_view.{table} t"
         ))
-        .get_result(&mut views.connect().await)
+        .get_result(&mut AsyncPgConnection::establish(database_url).await.unwrap())
         .await
         .unwrap();
         all.insert(table.into(), serde_json::from_str(&dump.rows).unwrap());
