@@ -4,8 +4,8 @@
 
 use serde_json::{Value, json};
 
-use crate::accounts::{Answer, count, john, post, shop_settings};
-use crate::helpers::{TestApp, create_database, eventually, run_rebuild};
+use crate::accounts::{Answer, count, header, john, post, shop_settings, topic};
+use crate::helpers::{TestApp, create_database, eventually, produce_raw, read_topic, run_rebuild};
 use crate::shop::{order, product};
 use crate::shop_views::view_tables;
 
@@ -172,4 +172,146 @@ async fn a_customer_created_in_accounts_can_order_in_shop_and_the_views_show_it(
         String::from_utf8_lossy(&rebuilt.stderr)
     );
     assert_eq!(view_tables(&empty).await, live);
+}
+
+#[actix_rt::test]
+async fn hostile_customer_events_are_dead_lettered_and_stale_ones_change_nothing() {
+    let app = TestApp::spawn_with(shop_settings(&create_database().await), &[]).await;
+    let db = app.settings.database_url.expose().to_owned();
+    let accounts = topic(&app.settings, "accounts.customer.change");
+    let created = post(&app, "/accounts/customer/create", john(4242)).await;
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    let mut moved = john(4242);
+    moved["addresses"][1]["city"] = json!("Sunset");
+    let updated = post(&app, "/accounts/customer/create", moved).await;
+    assert_eq!(updated.body["version"], 2);
+    let copy = "SELECT count(*) AS n FROM shop.customers WHERE id = 4242 AND version = 2";
+    eventually("version 2 in shop's copy", || async {
+        (count(&db, copy).await == 1).then_some(())
+    })
+    .await;
+
+    // Version 1 again (an old event produced late), then hostile records,
+    // all on the customer's partition, then a good event for another
+    // customer behind them.
+    let envelope = |id: &str, version: i64, city: &str| {
+        let mut data = john(id.parse().unwrap_or(1));
+        data["addresses"][1]["city"] = json!(city);
+        json!({"eventId": uuid::Uuid::new_v4(), "type": "CustomerUpdated", "version": 1,
+               "aggregateId": id, "aggregateVersion": version,
+               "occurredAt": "2026-12-04T10:00:00Z", "data": data})
+        .to_string()
+    };
+    let (partition, stale_offset) = produce_raw(
+        &accounts,
+        None,
+        Some("4242"),
+        envelope("4242", 1, "Stale").as_bytes(),
+        None,
+    )
+    .await;
+    let hostile: [(&str, String, &str); 5] = [
+        (
+            "4242",
+            envelope("4242", 0, "Zero"),
+            "aggregateVersion 0 is not positive",
+        ),
+        (
+            "4242",
+            "not json".to_owned(),
+            "the value is not an event envelope",
+        ),
+        (
+            "4243",
+            envelope("4242", 3, "Elsewhere"),
+            "the record's key is not the event's aggregateId",
+        ),
+        (
+            "4242",
+            envelope("-4242", 3, "Negative"),
+            "the record's key is not the event's aggregateId",
+        ),
+        (
+            "4242",
+            envelope("4242", 3, "x")
+                .replace("\"addresses\"", "\"addresses_\"")
+                .replace("\"name\"", "\"nom\""),
+            "missing field `name`",
+        ),
+    ];
+    let mut offsets = Vec::new();
+    for (key, value, _) in &hostile {
+        let (p, offset) = produce_raw(
+            &accounts,
+            Some(partition),
+            Some(key),
+            value.as_bytes(),
+            None,
+        )
+        .await;
+        assert_eq!(p, partition);
+        offsets.push(offset);
+    }
+    let (_, good_offset) = produce_raw(
+        &accounts,
+        Some(partition),
+        Some("777"),
+        envelope("777", 1, "Goodtown").as_bytes(),
+        None,
+    )
+    .await;
+
+    // The good event behind them arrives: nothing stopped the partition.
+    let good = "SELECT count(*) AS n FROM shop.customers WHERE id = 777 AND version = 1";
+    eventually(
+        "the good event behind the hostile ones is applied",
+        || async { (count(&db, good).await == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(count(&db, copy).await, 1, "the stale event changed nothing");
+    let stale_city = "SELECT count(*) AS n FROM shop.customer_addresses \
+                      WHERE customer_id = 4242 AND city IN ('Stale', 'Zero', 'Elsewhere', 'x')";
+    assert_eq!(count(&db, stale_city).await, 0);
+    assert!(good_offset > stale_offset);
+
+    // Each hostile record is in the topic's dead-letter topic, once, with
+    // its reason and place in the log (shop's copy and the views both
+    // refuse it: one dead letter per consumer group).
+    let letters = read_topic(&format!("{accounts}.dlq")).await;
+    for ((_, _, error), offset) in hostile.iter().zip(&offsets) {
+        let found: Vec<_> = letters
+            .iter()
+            .filter(|m| header(m, "dlq.source.offset") == Some(offset.to_string()))
+            .collect();
+        assert!(
+            !found.is_empty(),
+            "no dead letter for offset {offset} ({error})"
+        );
+        for letter in found {
+            assert_eq!(
+                header(letter, "dlq.reason").as_deref(),
+                Some("invalid_event")
+            );
+            assert_eq!(
+                header(letter, "dlq.source.partition"),
+                Some(partition.to_string())
+            );
+            assert!(
+                header(letter, "dlq.error").is_some_and(|e| e.contains(error)),
+                "{:?} does not say {error}",
+                header(letter, "dlq.error")
+            );
+        }
+    }
+    let ready = app
+        .http
+        .get(format!("{}/ready", app.query_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["components"]["shop_customer_copy"]["status"], "UP");
+    assert_eq!(ready["components"]["shop_view_customer"]["status"], "UP");
+    app.stop().await;
 }
