@@ -24,6 +24,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod offsets;
 pub mod outbox;
+pub mod pipelines;
 pub mod rebuild;
 pub mod shop;
 pub mod startup;

@@ -62,6 +62,48 @@ enum Command {
         #[command(subcommand)]
         action: OffsetsCommand,
     },
+    /// Pipeline definitions: apply a file of them, list, history, delete.
+    Pipelines {
+        #[command(subcommand)]
+        action: PipelinesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PipelinesCommand {
+    /// Validates every [[pipeline]] in FILE (filters compiled) and stores
+    /// them: prints `NAME: created v1`, `updated vN` or `unchanged vN` each.
+    /// An invalid file, or a change of a pipeline's topics or sink, stores
+    /// nothing and exits with status 2.
+    Apply {
+        #[command(flatten)]
+        settings: Settings,
+        /// A TOML file of one or more [[pipeline]] tables.
+        #[arg(value_name = "FILE")]
+        file: std::path::PathBuf,
+    },
+    /// Prints every pipeline: name, version, topics, sink, filters, start.
+    List {
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Prints every version of a pipeline, oldest first: version, when it
+    /// was applied, created/updated/deleted and its definition as JSON.
+    History {
+        #[command(flatten)]
+        settings: Settings,
+        /// The pipeline.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Deletes a pipeline: it stops; its sink and its history are kept.
+    Delete {
+        #[command(flatten)]
+        settings: Settings,
+        /// The pipeline.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -147,6 +189,42 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            Command::Pipelines { action } => {
+                if let Err(error) = pipelines(action).await {
+                    eprintln!("Error: {error:#}");
+                    std::process::exit(error.exit_code());
+                }
+                Ok(())
+            }
         }
     })
+}
+
+/// Runs a `pipelines` subcommand, printing what it did.
+async fn pipelines(
+    action: PipelinesCommand,
+) -> Result<(), chronolog::pipelines::command::CommandError> {
+    use chronolog::pipelines::command;
+    match action {
+        PipelinesCommand::Apply { settings, file } => {
+            for applied in command::apply(&settings.database_url, &file).await? {
+                println!("{applied}");
+            }
+        }
+        PipelinesCommand::List { settings } => {
+            for stored in command::list(&settings.database_url).await? {
+                println!("{}", command::list_line(&stored));
+            }
+        }
+        PipelinesCommand::History { settings, name } => {
+            for version in command::history(&settings.database_url, &name).await? {
+                println!("{}", command::history_line(&version));
+            }
+        }
+        PipelinesCommand::Delete { settings, name } => {
+            let version = command::delete(&settings.database_url, &name).await?;
+            println!("{name}: deleted v{version}");
+        }
+    }
+    Ok(())
 }

@@ -19,6 +19,7 @@ mod openapi;
 mod ops;
 mod outbox;
 mod pipeline;
+mod pipelines;
 mod query;
 mod recovery;
 mod secrets;
