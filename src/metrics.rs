@@ -67,6 +67,14 @@ pub struct Metrics {
     /// How far a partition's stored offset is above the log's high
     /// watermark (a recreated topic, a broker that lost data); 0 normally.
     pub stored_offset_ahead: IntGaugeVec,
+    /// Records of each pipeline, by outcome: `in` (read), `out` (written
+    /// to the sink), `dropped` (a filter aborted), `failed` (dead-lettered).
+    pub pipeline_records: IntCounterVec,
+    /// Time the filters of a pipeline take per record (JSON decoding
+    /// included).
+    pub pipeline_filter_seconds: HistogramVec,
+    /// The version each pipeline runs (absent once it is deleted).
+    pub pipeline_version: IntGaugeVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -248,6 +256,28 @@ impl Metrics {
                 ),
                 &["relay"],
             )?,
+            pipeline_records: IntCounterVec::new(
+                Opts::new(
+                    "pipeline_records_total",
+                    "Records of a pipeline, by outcome: in (read), out (written to the sink), dropped (a filter aborted), failed (dead-lettered).",
+                ),
+                &["pipeline", "outcome"],
+            )?,
+            pipeline_filter_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "pipeline_filter_seconds",
+                    "Time a pipeline's filters take per record, JSON decoding included.",
+                )
+                .buckets(exponential_buckets(0.000_000_5, 2.0, 20).unwrap_or_default()),
+                &["pipeline"],
+            )?,
+            pipeline_version: IntGaugeVec::new(
+                Opts::new(
+                    "pipeline_version",
+                    "The version of its definition each running pipeline uses.",
+                ),
+                &["pipeline"],
+            )?,
             registry,
         };
         m.register()?;
@@ -286,6 +316,9 @@ impl Metrics {
         r.register(Box::new(self.outbox_relay_active.clone()))?;
         r.register(Box::new(self.dead_letter_failures.clone()))?;
         r.register(Box::new(self.stored_offset_ahead.clone()))?;
+        r.register(Box::new(self.pipeline_records.clone()))?;
+        r.register(Box::new(self.pipeline_filter_seconds.clone()))?;
+        r.register(Box::new(self.pipeline_version.clone()))?;
         Ok(())
     }
 

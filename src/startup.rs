@@ -18,6 +18,7 @@ use crate::db::idempotency::IdempotencyStore;
 use crate::engine::customer_copy::CustomerCopy;
 use crate::engine::group::{ConsumerGroup, Membership};
 use crate::engine::pg_sink::PgSink;
+use crate::engine::pipeline_manager::{PipelineManager, StopPipelines};
 use crate::engine::shop_views::ShopViews;
 use crate::engine::timestamp_view::TimestampView;
 use crate::http::ops::{BrokerProbe, Readiness};
@@ -36,6 +37,8 @@ pub struct Application {
     group: Option<ConsumerGroup>,
     /// The shop's projections: its copy of the customers, its read views.
     projections: Vec<ConsumerGroup>,
+    /// The pipelines stored in `DATABASE_URL`.
+    pipelines: Option<Addr<PipelineManager>>,
     lag: Option<LagMonitor>,
     producer: Option<Addr<KafkaProducer>>,
     relays: Vec<Addr<OutboxRelay>>,
@@ -65,9 +68,9 @@ async fn start_shop_projections(
     let size = settings.database_pool_size;
     let shop_db = settings.shop_database();
     if shop_db.expose() != settings.database_url.expose() {
-        crate::db::prepare(&shop_db, "shop").await;
+        crate::db::prepare(shop_db, "shop").await;
     }
-    let copy = Arc::new(PgSink::new(crate::db::pool(&shop_db, size), CustomerCopy));
+    let copy = Arc::new(PgSink::new(crate::db::pool(shop_db, size), CustomerCopy));
     let views = Arc::new(PgSink::new(
         crate::db::pool(&settings.database_url, size),
         ShopViews,
@@ -198,6 +201,7 @@ impl Application {
             consumer_ops: None,
             group: None,
             projections: Vec::new(),
+            pipelines: None,
             lag: None,
             producer: producer.clone(),
             relays: Vec::new(),
@@ -235,6 +239,13 @@ impl Application {
                 readiness.projections.push((name, group.status()));
                 app.projections.push(group);
             }
+            let manager = PipelineManager::new(
+                settings.clone(),
+                crate::db::pool(&settings.database_url, settings.database_pool_size),
+                producer.clone(),
+                metrics.clone(),
+            );
+            app.pipelines = Some(manager.start());
         }
         if uses_db {
             readiness.database = Some(crate::db::pool(
@@ -389,7 +400,18 @@ impl Application {
             .into_iter()
             .chain(self.projections.drain(..))
             .collect();
-        let stop_group = futures::future::join_all(groups.into_iter().map(ConsumerGroup::stop));
+        let pipelines = self.pipelines.take();
+        let stop_group = async move {
+            let stop_pipelines = async {
+                if let Some(pipelines) = pipelines {
+                    let _ = pipelines.send(StopPipelines).await;
+                }
+            };
+            futures::join!(
+                futures::future::join_all(groups.into_iter().map(ConsumerGroup::stop)),
+                stop_pipelines
+            );
+        };
         futures::join!(stop_servers, stop_group);
         if let Some(lag) = self.lag.take() {
             // Joining the thread blocks for at most one measurement.

@@ -244,8 +244,14 @@ pub enum GroupError {
 /// How the consumer gets its partitions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Membership {
-    /// Joins the group; Kafka shares the partitions among its members.
+    /// Joins the group; Kafka shares the partitions among its members. A
+    /// partition with no position yet (none stored, none committed) starts
+    /// at the beginning of the log.
     Subscribe,
+    /// Joins the group like [`Membership::Subscribe`], but a partition with
+    /// no position yet starts at the end of the log (a pipeline that starts
+    /// at `latest`).
+    SubscribeAtEnd,
     /// Takes these partitions itself, without joining (a rebuild: one
     /// process, no rebalance to wait for). Each starts at the sink's stored
     /// offset or, where the view has none, at the offset given here (a
@@ -292,7 +298,10 @@ impl ConsumerGroup {
             status: status.clone(),
             partitions: Mutex::new(HashMap::new()),
         });
-        let config = consumer_config(settings, group_id);
+        let mut config = consumer_config(settings, group_id);
+        if membership == Membership::SubscribeAtEnd {
+            config.set("auto.offset.reset", "latest");
+        }
         let topic = topic.to_owned();
         let close_timeout = settings.drain_timeout + Duration::from_secs(5);
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
@@ -329,7 +338,9 @@ impl ConsumerGroup {
                     // waiting for this start to finish: assign only after
                     // reporting ready.
                     let joined = match &membership {
-                        Membership::Subscribe => consumer.subscribe(&[&topic]).map(|()| None),
+                        Membership::Subscribe | Membership::SubscribeAtEnd => {
+                            consumer.subscribe(&[&topic]).map(|()| None)
+                        }
                         Membership::Assign(start) => starting_at(&topic, start).map(Some),
                     };
                     let manual = match joined {

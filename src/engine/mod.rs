@@ -20,6 +20,10 @@
 //! * [`customer_copy`]: shop's copy of the customers from accounts' events.
 //! * [`shop_views`]: the shop's read side from the outbox's topics.
 //! * [`events`]: what those two share.
+//! * [`pipeline`]: a pipeline's filters in front of its output (a table, a
+//!   topic, a file).
+//! * [`pipeline_manager`]: the actor that runs the stored pipelines and
+//!   follows their changes.
 //! * [`status`]: what the partitions are doing, for `/ready`, `Prefer: wait`
 //!   and the rebuild's finish line.
 //!
@@ -32,6 +36,8 @@ pub mod events;
 pub mod group;
 pub mod partition_consumer;
 pub mod pg_sink;
+pub mod pipeline;
+pub mod pipeline_manager;
 pub mod shop_views;
 pub mod sink;
 pub mod status;

@@ -83,11 +83,15 @@ pub enum DecodeError {
     /// whose data is not what its type says.
     #[error("{0}")]
     InvalidEvent(String),
+    /// A pipeline's filter failed on the record (VRL's message), or left no
+    /// key where the sink's key path points.
+    #[error("{0}")]
+    FilterError(String),
 }
 
 impl DecodeError {
     /// Every [`code`](Self::code).
-    pub const CODES: [&'static str; 12] = [
+    pub const CODES: [&'static str; 13] = [
         "empty_value",
         "not_json",
         "missing_field",
@@ -100,6 +104,7 @@ impl DecodeError {
         "conflicting_duplicate",
         "internal_error",
         "invalid_event",
+        "filter_error",
     ];
 
     /// A short, fixed label for metrics and the dead-letter `reason` header.
@@ -117,6 +122,7 @@ impl DecodeError {
             DecodeError::ConflictingDuplicate(_) => "conflicting_duplicate",
             DecodeError::Internal(_) => "internal_error",
             DecodeError::InvalidEvent(_) => "invalid_event",
+            DecodeError::FilterError(_) => "filter_error",
         }
     }
 }

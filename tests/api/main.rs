@@ -19,6 +19,7 @@ mod openapi;
 mod ops;
 mod outbox;
 mod pipeline;
+mod pipeline_run;
 mod pipelines;
 mod query;
 mod recovery;

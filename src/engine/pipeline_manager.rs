@@ -1,0 +1,364 @@
+//! The pipeline manager actor: runs, in this consumer process, every
+//! pipeline stored in PostgreSQL, and follows their changes without a
+//! restart.
+//!
+//! Every [`POLL`] it reads the number of the last change to any pipeline (one
+//! cheap query); when that moved, it reads every current definition in one
+//! snapshot and brings the running pipelines in line:
+//!
+//! * a new pipeline starts: its table is created when absent, and one
+//!   consumer group member per topic (group `chronolog-pipeline-<name>`)
+//!   joins, at the beginning of the log or, for `start = "latest"`, at its
+//!   end;
+//! * a new version of a running pipeline takes effect from the next record
+//!   each partition reads ([`PipelineState::update`]): nothing stops, the
+//!   group keeps its position, and each record is processed by exactly one
+//!   version;
+//! * a deleted pipeline stops: its partitions drain (the batches in flight
+//!   are written and acknowledged), its sink is kept.
+//!
+//! Every process that runs the consumer role does the same, so a change
+//! stored by any process reaches all of them within [`POLL`] and a batch.
+//! Changing a pipeline's topics or sink is refused when it is applied; should
+//! a definition change them all the same, the pipeline is restarted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::actors::producer::KafkaProducer;
+use crate::config::Settings;
+use crate::db::{DbError, Pool};
+use crate::engine::group::{ConsumerGroup, Membership};
+use crate::engine::pg_sink::PgSink;
+use crate::engine::pipeline::{Compiled, FileOutput, PipelineState, PipelineTable, TopicOutput};
+use crate::engine::status::GroupStatus;
+use crate::metrics::Metrics;
+use crate::pipelines::store::{self, Stored};
+use crate::pipelines::{Definition, Sink as SinkDefinition, Start};
+
+/// How often the stored definitions are checked for a change.
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// The consumer group of pipeline `name`.
+pub fn group_id(name: &str) -> String {
+    format!("chronolog-pipeline-{name}")
+}
+
+/// A pipeline running in this process.
+struct Running {
+    definition: Definition,
+    state: Arc<PipelineState>,
+    groups: Vec<ConsumerGroup>,
+}
+
+/// What a pipeline looks like from outside: for `/ready` and the admin API.
+#[derive(Clone)]
+pub struct PipelineStatus {
+    /// The version it runs.
+    pub version: i32,
+    /// Its groups' partitions.
+    pub groups: Vec<Arc<GroupStatus>>,
+}
+
+/// Runs the stored pipelines.
+pub struct PipelineManager {
+    settings: Settings,
+    pool: Pool,
+    producer: Addr<KafkaProducer>,
+    metrics: Arc<Metrics>,
+    /// The last change applied.
+    seen: i64,
+    /// A check is in flight.
+    checking: bool,
+    running: HashMap<String, Running>,
+}
+
+impl PipelineManager {
+    /// A manager reading definitions from `pool` (`DATABASE_URL`), where
+    /// the pipelines' tables are written too.
+    pub fn new(
+        settings: Settings,
+        pool: Pool,
+        producer: Addr<KafkaProducer>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            settings,
+            pool,
+            producer,
+            metrics,
+            seen: -1,
+            checking: false,
+            running: HashMap::new(),
+        }
+    }
+
+    /// Starts `stored`; `None` when it cannot (logged).
+    fn start_pipeline(&self, stored: &Stored) -> Option<Running> {
+        let definition = &stored.definition;
+        let name = definition.name.as_str();
+        let compiled = match compile(stored) {
+            Ok(compiled) => compiled,
+            Err(error) => {
+                tracing::error!(pipeline = name, version = stored.version, %error, "cannot compile the pipeline; not started");
+                return None;
+            }
+        };
+        let state = PipelineState::new(name, compiled, self.metrics.clone());
+        let membership = match definition.start {
+            Start::Earliest => Membership::Subscribe,
+            Start::Latest => Membership::SubscribeAtEnd,
+        };
+        let mut groups = Vec::new();
+        for topic in &definition.topics {
+            let started = match &definition.sink {
+                SinkDefinition::Postgres { table, .. } => self.join(
+                    name,
+                    topic,
+                    &membership,
+                    Arc::new(PgSink::new(
+                        self.pool.clone(),
+                        PipelineTable::new(state.clone(), table),
+                    )),
+                ),
+                SinkDefinition::Kafka { topic: out, .. } => {
+                    match crate::kafka::producer_config(&self.settings).create() {
+                        Ok(producer) => self.join(
+                            name,
+                            topic,
+                            &membership,
+                            Arc::new(TopicOutput::new(
+                                state.clone(),
+                                out,
+                                producer,
+                                self.settings.delivery_timeout,
+                            )),
+                        ),
+                        Err(error) => Err(error.to_string()),
+                    }
+                }
+                SinkDefinition::File { path } => match FileOutput::open(state.clone(), path) {
+                    Ok(output) => self.join(name, topic, &membership, Arc::new(output)),
+                    Err(error) => Err(format!("cannot open {path}: {error}")),
+                },
+            };
+            match started {
+                Ok(group) => groups.push(group),
+                Err(error) => {
+                    tracing::error!(pipeline = name, topic, %error, "cannot start the pipeline");
+                    let stopping = std::mem::take(&mut groups);
+                    actix::spawn(async move {
+                        futures::future::join_all(stopping.into_iter().map(ConsumerGroup::stop))
+                            .await;
+                    });
+                    return None;
+                }
+            }
+        }
+        self.metrics
+            .pipeline_version
+            .with_label_values(&[name])
+            .set(i64::from(stored.version));
+        tracing::info!(pipeline = name, version = stored.version, topics = ?definition.topics, sink = store::describe_sink(&definition.sink), "pipeline started");
+        Some(Running {
+            definition: definition.clone(),
+            state,
+            groups,
+        })
+    }
+
+    fn join<S: crate::engine::sink::Sink>(
+        &self,
+        name: &str,
+        topic: &str,
+        membership: &Membership,
+        sink: Arc<S>,
+    ) -> Result<ConsumerGroup, String> {
+        ConsumerGroup::start(
+            &self.settings,
+            &group_id(name),
+            topic,
+            membership.clone(),
+            sink,
+            Some(self.producer.clone()),
+            self.metrics.clone(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// Brings the running pipelines in line with `current`.
+    fn reconcile(&mut self, current: Vec<Stored>) {
+        let wanted: HashMap<String, Stored> = current
+            .into_iter()
+            .map(|s| (s.definition.name.clone(), s))
+            .collect();
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|name| !wanted.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(running) = self.running.remove(&name) {
+                self.stop_pipeline(&name, running, "deleted");
+            }
+        }
+        for (name, stored) in wanted {
+            match self.running.get(&name) {
+                Some(running) if running.state.version() == stored.version => {}
+                Some(running)
+                    if running.definition.topics == stored.definition.topics
+                        && running.definition.sink == stored.definition.sink
+                        && running.definition.start == stored.definition.start =>
+                {
+                    match compile(&stored) {
+                        Ok(compiled) => {
+                            let from = running.state.version();
+                            running.state.update(compiled);
+                            self.metrics
+                                .pipeline_version
+                                .with_label_values(&[&name])
+                                .set(i64::from(stored.version));
+                            tracing::info!(
+                                pipeline = name,
+                                from,
+                                to = stored.version,
+                                "pipeline changed; the new version takes each partition's next record"
+                            );
+                        }
+                        Err(error) => {
+                            tracing::error!(pipeline = name, version = stored.version, %error, "cannot compile the new version; the running one goes on");
+                        }
+                    }
+                    if let Some(running) = self.running.get_mut(&name) {
+                        running.definition = stored.definition.clone();
+                    }
+                }
+                Some(_) => {
+                    if let Some(running) = self.running.remove(&name) {
+                        self.stop_pipeline(&name, running, "restarted: its topics or sink changed");
+                    }
+                    if let Some(running) = self.start_pipeline(&stored) {
+                        self.running.insert(name, running);
+                    }
+                }
+                None => {
+                    if let Some(running) = self.start_pipeline(&stored) {
+                        self.running.insert(name, running);
+                    }
+                }
+            }
+        }
+    }
+
+    fn stop_pipeline(&self, name: &str, running: Running, why: &'static str) {
+        let name = name.to_owned();
+        let version = running.state.version();
+        let metrics = self.metrics.clone();
+        actix::spawn(async move {
+            futures::future::join_all(running.groups.into_iter().map(ConsumerGroup::stop)).await;
+            // Gone once nothing of it runs any more.
+            let _ = metrics.pipeline_version.remove_label_values(&[&name]);
+            tracing::info!(pipeline = name, version, why, "pipeline stopped");
+        });
+    }
+
+    /// Reads what changed; creates the tables of postgres sinks first, so
+    /// that a batch never meets a missing table.
+    async fn check(pool: Pool, seen: i64) -> Result<Option<(i64, Vec<Stored>)>, DbError> {
+        let mut conn = crate::db::checkout(&pool).await?;
+        if store::last_change(&mut conn).await? == seen {
+            return Ok(None);
+        }
+        let snapshot = store::snapshot(&mut conn).await?;
+        for stored in &snapshot.pipelines {
+            if let SinkDefinition::Postgres { table, .. } = &stored.definition.sink {
+                PipelineTable::create(&mut conn, table).await?;
+            }
+        }
+        Ok(Some((snapshot.change, snapshot.pipelines)))
+    }
+}
+
+/// Compiles a stored version.
+fn compile(stored: &Stored) -> Result<Compiled, crate::pipelines::CompileError> {
+    Ok(Compiled {
+        version: stored.version,
+        filters: stored.definition.compile_filters()?,
+        key: stored.definition.key_path(),
+    })
+}
+
+impl Actor for PipelineManager {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(POLL, |act, ctx| {
+            if act.checking {
+                return;
+            }
+            act.checking = true;
+            let check = Self::check(act.pool.clone(), act.seen);
+            ctx.spawn(check.into_actor(act).map(|result, act, _ctx| {
+                act.checking = false;
+                match result {
+                    Ok(Some((change, current))) => {
+                        act.seen = change;
+                        act.reconcile(current);
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the pipelines' definitions; retrying")
+                    }
+                }
+            }));
+        });
+    }
+}
+
+/// Stops every pipeline: their partitions drain.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopPipelines;
+
+impl Handler<StopPipelines> for PipelineManager {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _msg: StopPipelines, ctx: &mut Self::Context) -> Self::Result {
+        let running: Vec<Running> = self.running.drain().map(|(_, r)| r).collect();
+        ctx.stop();
+        Box::pin(async move {
+            let groups = running.into_iter().flat_map(|r| r.groups);
+            futures::future::join_all(groups.map(ConsumerGroup::stop)).await;
+        })
+    }
+}
+
+/// What each running pipeline is doing.
+#[derive(Message)]
+#[rtype(result = "HashMap<String, PipelineStatus>")]
+pub struct PipelineStatuses;
+
+impl Handler<PipelineStatuses> for PipelineManager {
+    type Result = MessageResult<PipelineStatuses>;
+
+    fn handle(&mut self, _msg: PipelineStatuses, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.running
+                .iter()
+                .map(|(name, running)| {
+                    (
+                        name.clone(),
+                        PipelineStatus {
+                            version: running.state.version(),
+                            groups: running.groups.iter().map(ConsumerGroup::status).collect(),
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
+}

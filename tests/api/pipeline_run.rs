@@ -1,0 +1,282 @@
+//! Pipelines running in the consumer role: filters that drop and add
+//! fields, a PostgreSQL table, a topic and a file as sinks, a change of
+//! filters under load, dead letters for failing filters, deletion.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chronolog::pipelines::Definition;
+use chronolog::pipelines::store;
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::accounts::header;
+use crate::helpers::{TestApp, eventually, post_many, read_topic, unique};
+
+/// Stores `definition` as the operator's `pipelines apply` does; answers
+/// the version stored.
+async fn apply(app: &TestApp, definition: Value) -> i32 {
+    let definition = Definition::from_json(definition).expect("a valid definition");
+    let mut conn = AsyncPgConnection::establish(app.settings.database_url.expose())
+        .await
+        .unwrap();
+    let applied = store::apply(&mut conn, &[definition]).await.unwrap();
+    applied[0].version
+}
+
+async fn delete(app: &TestApp, name: &str) {
+    let mut conn = AsyncPgConnection::establish(app.settings.database_url.expose())
+        .await
+        .unwrap();
+    store::delete(&mut conn, name).await.unwrap();
+}
+
+/// A row of a pipeline's table.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+struct Row {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    key: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    doc: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    source_topic: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    source_partition: i32,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    source_offset: i64,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pipeline_version: i32,
+}
+
+async fn rows(app: &TestApp, table: &str) -> Vec<Row> {
+    let mut conn = AsyncPgConnection::establish(app.settings.database_url.expose())
+        .await
+        .unwrap();
+    diesel::sql_query(format!(
+        "SELECT key, doc::text AS doc, source_topic, source_partition, source_offset, \
+         pipeline_version FROM \"{table}\" ORDER BY key"
+    ))
+    .load(&mut conn)
+    .await
+    .unwrap_or_default()
+}
+
+/// A table name no other test uses.
+fn table() -> String {
+    unique("pipe").replace('-', "_")
+}
+
+/// A pipeline name no other test uses.
+fn name() -> String {
+    unique("pipe")
+}
+
+#[actix_rt::test]
+async fn a_filter_that_drops_and_one_that_adds_a_field_are_applied_row_by_row() {
+    let app = TestApp::spawn().await;
+    let table = table();
+    let version = apply(
+        &app,
+        json!({
+            "name": name(),
+            "topics": [app.settings.kafka_topic],
+            "filters": [
+                "if starts_with(string!(.event_timestamp), \"19\") { abort }",
+                ".year = slice!(string!(.event_timestamp), 0, 4)",
+            ],
+            "sink": {"type": "postgres", "table": table, "key": ".command_id"},
+        }),
+    )
+    .await;
+    assert_eq!(version, 1);
+
+    let kept_at = ["2009-09-28T19:03:12Z", "2024-02-29T00:00:00Z"];
+    let dropped_at = ["1999-12-31T23:59:59Z", "1970-01-01T00:00:00Z"];
+    let mut kept = BTreeMap::new();
+    for at in kept_at {
+        kept.insert(app.accept(Some(at)).await.to_string(), at);
+    }
+    for at in dropped_at {
+        app.accept(Some(at)).await;
+    }
+    // A record after the dropped ones, so that their absence is final.
+    let last = app.accept(Some("2030-01-01T00:00:00Z")).await.to_string();
+    kept.insert(last.clone(), "2030-01-01T00:00:00Z");
+
+    let written = eventually("the kept records in the pipeline's table", || async {
+        let written = rows(&app, &table).await;
+        (written.len() >= kept.len()).then_some(written)
+    })
+    .await;
+    assert_eq!(written.len(), kept.len(), "{written:?}");
+    for row in &written {
+        let at = kept[&row.key];
+        let doc: Value = serde_json::from_str(&row.doc).unwrap();
+        assert_eq!(
+            doc,
+            json!({"command_id": row.key, "event_timestamp": at, "year": &at[..4]})
+        );
+        assert_eq!(row.source_topic, app.settings.kafka_topic);
+        assert_eq!(row.pipeline_version, 1);
+    }
+    let metrics = app.metrics().render();
+    assert!(metrics.contains("outcome=\"dropped\"") && metrics.contains("pipeline_records_total"));
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_filter_change_under_load_splits_each_partition_at_one_point_and_loses_nothing() {
+    let app = TestApp::spawn().await;
+    let (pipeline, table) = (name(), table());
+    let definition = |filter: &str| {
+        json!({
+            "name": pipeline,
+            "topics": [app.settings.kafka_topic],
+            "filters": [filter],
+            "sink": {"type": "postgres", "table": table, "key": ".command_id"},
+        })
+    };
+    assert_eq!(apply(&app, definition(".v = 1")).await, 1);
+    // Wait for the first version to run before the load starts.
+    let first = app.accept(Some("2020-01-01T00:00:00Z")).await;
+    eventually("the pipeline runs", || async {
+        (rows(&app, &table).await.len() == 1).then_some(())
+    })
+    .await;
+
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let accepted = accepted.clone();
+        let app_ref = &app;
+        async move { post_many(app_ref, 1200, accepted).await }
+    };
+    let change = async {
+        eventually("some of the load accepted", || async {
+            (AtomicUsize::load(&accepted, Ordering::Relaxed) >= 400).then_some(())
+        })
+        .await;
+        apply(&app, definition(".v = 2")).await
+    };
+    let (ids, version) = futures::join!(load, change);
+    assert_eq!(version, 2);
+    assert_eq!(ids.len(), 1200, "every POST was accepted");
+    let mut expected: HashSet<String> = ids.iter().map(Uuid::to_string).collect();
+    expected.insert(first.to_string());
+
+    let written = eventually("every record in the pipeline's table", || async {
+        let written = rows(&app, &table).await;
+        (written.len() >= expected.len()).then_some(written)
+    })
+    .await;
+    let keys: HashSet<String> = written.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(keys, expected, "every record exactly once");
+    // Per partition, in log order: version 1, then version 2 only.
+    let mut by_partition: BTreeMap<i32, Vec<&Row>> = BTreeMap::new();
+    for row in &written {
+        by_partition
+            .entry(row.source_partition)
+            .or_default()
+            .push(row);
+        let doc: Value = serde_json::from_str(&row.doc).unwrap();
+        assert_eq!(doc["v"], json!(row.pipeline_version), "{row:?}");
+    }
+    let mut versions_seen = HashSet::new();
+    for (partition, mut rows) in by_partition {
+        rows.sort_by_key(|r| r.source_offset);
+        let versions: Vec<i32> = rows.iter().map(|r| r.pipeline_version).collect();
+        let switch = versions
+            .iter()
+            .position(|&v| v == 2)
+            .unwrap_or(versions.len());
+        assert!(
+            versions[..switch].iter().all(|&v| v == 1)
+                && versions[switch..].iter().all(|&v| v == 2),
+            "partition {partition} switches versions more than once: {versions:?}"
+        );
+        versions_seen.extend(versions);
+    }
+    assert_eq!(versions_seen, HashSet::from([1, 2]));
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_failing_filter_dead_letters_its_record_and_the_pipeline_goes_on() {
+    let app = TestApp::spawn().await;
+    let table = table();
+    apply(
+        &app,
+        json!({
+            "name": name(),
+            "topics": [app.settings.kafka_topic],
+            // Fails at run time for a timestamp shorter than 30 characters.
+            "filters": [".tail = slice!(string!(.event_timestamp), 25, 30)"],
+            "sink": {"type": "postgres", "table": table, "key": ".command_id"},
+        }),
+    )
+    .await;
+    let failing = app.accept(Some("2020-01-01T00:00:00Z")).await;
+    let passing = app
+        .accept(Some("2020-01-01T00:00:00.123456789+00:00"))
+        .await;
+    let written = eventually("the passing record in the table", || async {
+        let written = rows(&app, &table).await;
+        (!written.is_empty()).then_some(written)
+    })
+    .await;
+    assert_eq!(
+        written.iter().map(|r| r.key.clone()).collect::<Vec<_>>(),
+        [passing.to_string()]
+    );
+    let dlq = app.settings.dead_letter_topic();
+    let letter = eventually("the failing record's dead letter", || async {
+        read_topic(&dlq)
+            .await
+            .into_iter()
+            .find(|m| header(m, "dlq.reason").as_deref() == Some("filter_error"))
+    })
+    .await;
+    use rdkafka::Message as _;
+    assert_eq!(letter.key(), Some(failing.to_string().as_bytes()));
+    assert!(
+        header(&letter, "dlq.error").is_some_and(|e| e.starts_with("filters[0]: ")),
+        "{:?}",
+        header(&letter, "dlq.error")
+    );
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_deleted_pipeline_stops_writing_and_keeps_its_table() {
+    let app = TestApp::spawn().await;
+    let (pipeline, table) = (name(), table());
+    apply(
+        &app,
+        json!({
+            "name": pipeline,
+            "topics": [app.settings.kafka_topic],
+            "sink": {"type": "postgres", "table": table},
+        }),
+    )
+    .await;
+    app.accept(None).await;
+    eventually("the first record written", || async {
+        (rows(&app, &table).await.len() == 1).then_some(())
+    })
+    .await;
+    delete(&app, &pipeline).await;
+    // The gauge goes once the pipeline's consumers have stopped: a record
+    // accepted after that can no longer be written.
+    eventually("the pipeline's version gauge is gone", || async {
+        let metrics = app.metrics().render();
+        (!metrics.contains(&format!("pipeline_version{{pipeline=\"{pipeline}\"}}"))).then_some(())
+    })
+    .await;
+    let after = app.accept(None).await;
+    app.wait_visible(after).await;
+    let kept = rows(&app, &table).await;
+    assert_eq!(kept.len(), 1, "nothing written after the delete: {kept:?}");
+    app.stop().await;
+}
