@@ -11,6 +11,10 @@
 //! [`shop`] (products, orders, shop's copy of the customers). Their commands
 //! write their events into a transactional [`outbox`], which the outbox
 //! relay ([`actors::outbox_relay`]) publishes to Kafka.
+//!
+//! [`pipelines`] holds user-defined pipelines' definitions: topics, VRL
+//! filters and a sink, validated, versioned in PostgreSQL and managed with
+//! `chronolog pipelines apply|list|history|delete`.
 
 pub mod accounts;
 pub mod actors;

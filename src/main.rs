@@ -192,6 +192,9 @@ fn main() -> anyhow::Result<()> {
             Command::Pipelines { action } => {
                 if let Err(error) = pipelines(action).await {
                     eprintln!("Error: {error:#}");
+                    if let Some(details) = error.details() {
+                        eprintln!("{}", details.trim_start_matches('\n'));
+                    }
                     std::process::exit(error.exit_code());
                 }
                 Ok(())

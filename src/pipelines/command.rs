@@ -38,6 +38,17 @@ impl CommandError {
     }
 }
 
+impl CommandError {
+    /// More to show after the message: VRL's report of a filter that does
+    /// not compile, with its source marked.
+    pub fn details(&self) -> Option<&str> {
+        match self {
+            CommandError::Invalid(DefinitionError::Filter { error, .. }) => Some(&error.report),
+            _ => None,
+        }
+    }
+}
+
 impl From<StoreError> for CommandError {
     fn from(error: StoreError) -> Self {
         match error {

@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use vrl::compiler::runtime::{Runtime, Terminate};
 use vrl::compiler::state::ExternalEnv;
-use vrl::compiler::{CompileConfig, Function, Program, TargetValue, TimeZone};
+use vrl::compiler::{CompileConfig, ExpressionError, Function, Program, TargetValue, TimeZone};
 use vrl::diagnostic::{DiagnosticList, Formatter};
 use vrl::path::OwnedTargetPath;
 use vrl::value::kind::Collection;
@@ -355,7 +355,9 @@ impl Filters {
         for (index, program) in self.programs.iter().enumerate() {
             match runtime.resolve(&mut target, program, &self.timezone) {
                 Ok(_) => {}
-                Err(Terminate::Abort(_)) => return Outcome::Dropped,
+                // Only `abort` itself drops: VRL reports a few other
+                // failures as aborts too.
+                Err(Terminate::Abort(ExpressionError::Abort { .. })) => return Outcome::Dropped,
                 Err(error) => return Outcome::Failed(format!("filters[{index}]: {error}")),
             }
             runtime.clear();
@@ -529,7 +531,14 @@ mod tests {
         let old = json!({"command_id": "a", "event_timestamp": "1999-01-01T00:00:00Z"});
         let new = json!({"command_id": "b", "event_timestamp": "2026-12-04T08:00:00Z"});
         assert_eq!(run(&[DROP_1900S], old), Outcome::Dropped);
-        assert_eq!(run(&[DROP_1900S], new.clone()), Outcome::Kept(new));
+        assert_eq!(run(&[DROP_1900S], new.clone()), Outcome::Kept(new.clone()));
+        assert_eq!(
+            run(
+                &[ADD_YEAR, r#"if .year == "2026" { abort "too new" }"#],
+                new
+            ),
+            Outcome::Dropped
+        );
     }
 
     #[test]

@@ -192,6 +192,12 @@ async fn an_invalid_file_exits_2_with_the_error_located_and_stores_nothing() {
         stderr.lines().next().unwrap(),
         "Error: pipeline fresh: filters[1]:2:6: unhandled fallible assignment"
     );
+    // VRL's report follows, pointing at the same place.
+    assert_eq!(
+        stderr.lines().nth(2).map(str::trim),
+        Some("┌─ :2:6"),
+        "{stderr}"
+    );
 
     let forbidden = RECENT_V1.replace(
         r#"'.year = slice!(string!(.event_timestamp), 0, 4)',"#,
