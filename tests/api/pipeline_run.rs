@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::accounts::header;
-use crate::helpers::{TestApp, eventually, post_many, read_topic, unique};
+use crate::helpers::{TestApp, eventually, post_many, produce_raw, read_topic, unique};
 
 /// Stores `definition` as the operator's `pipelines apply` does; answers
 /// the version stored.
@@ -278,5 +278,191 @@ async fn a_deleted_pipeline_stops_writing_and_keeps_its_table() {
     app.wait_visible(after).await;
     let kept = rows(&app, &table).await;
     assert_eq!(kept.len(), 1, "nothing written after the delete: {kept:?}");
+    app.stop().await;
+}
+
+/// `chronolog pipelines replay ARGS` against the app's database and broker.
+async fn replay(app: &TestApp, args: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(crate::helpers::BIN);
+    command
+        .args(["pipelines", "replay"])
+        .args(args)
+        .env("DATABASE_URL", app.settings.database_url.expose())
+        .env("KAFKA_BROKERS", &app.settings.kafka_brokers)
+        .env("LOG_LEVEL", "warn");
+    tokio::task::spawn_blocking(move || command.output().expect("replay runs"))
+        .await
+        .expect("replay thread")
+}
+
+/// The rows of `table` as (key, doc, source position, version).
+async fn contents(app: &TestApp, table: &str) -> Vec<(String, Value, String, i32)> {
+    rows(app, table)
+        .await
+        .into_iter()
+        .map(|r| {
+            (
+                r.key,
+                serde_json::from_str(&r.doc).unwrap(),
+                format!(
+                    "{}:{}:{}",
+                    r.source_topic, r.source_partition, r.source_offset
+                ),
+                r.pipeline_version,
+            )
+        })
+        .collect()
+}
+
+#[actix_rt::test]
+async fn a_replay_into_a_new_table_equals_the_live_pipeline_and_a_new_definition_is_tried_on_the_side()
+ {
+    let app = TestApp::spawn().await;
+    let (pipeline, live) = (name(), table());
+    let filters = [
+        "if starts_with(string!(.event_timestamp), \"19\") { abort }",
+        ".year = slice!(string!(.event_timestamp), 0, 4)",
+    ];
+    apply(
+        &app,
+        json!({
+            "name": pipeline,
+            "topics": [app.settings.kafka_topic],
+            "filters": filters,
+            "sink": {"type": "postgres", "table": live, "key": ".command_id"},
+        }),
+    )
+    .await;
+    let stamps = [
+        "2001-01-01T00:00:00Z",
+        "1990-05-05T05:05:05Z",
+        "2012-12-12T12:12:12Z",
+        "1969-07-20T20:17:40Z",
+        "2026-12-04T10:00:00Z",
+    ];
+    for at in stamps {
+        app.accept(Some(at)).await;
+    }
+    eventually("the live table holds the kept records", || async {
+        (rows(&app, &live).await.len() == 3).then_some(())
+    })
+    .await;
+
+    // The stored definition, replayed from the start into another table.
+    let copy = table();
+    let output = replay(
+        &app,
+        &[&pipeline, "--from", "earliest", "--sink-table", &copy],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("replay: 5/5 records (100.0%)"), "{stderr}");
+    assert_eq!(contents(&app, &copy).await, contents(&app, &live).await);
+
+    // A new definition from a file, on the side: recomputed, version 0, the
+    // live pipeline untouched.
+    let file = std::env::temp_dir().join(format!("{pipeline}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "[[pipeline]]\nname = \"{pipeline}\"\ntopics = [\"{}\"]\nfilters = ['.decade = slice!(string!(.event_timestamp), 0, 3) + \"0s\"']\n[pipeline.sink]\ntype = \"postgres\"\ntable = \"{live}\"\nkey = \".command_id\"\n",
+            app.settings.kafka_topic
+        ),
+    )
+    .unwrap();
+    let tried = table();
+    let output = replay(
+        &app,
+        &[
+            &pipeline,
+            "--definition",
+            file.to_str().unwrap(),
+            "--sink-table",
+            &tried,
+        ],
+    )
+    .await;
+    std::fs::remove_file(&file).unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let recomputed = contents(&app, &tried).await;
+    assert_eq!(recomputed.len(), stamps.len());
+    let mut decades: Vec<String> = recomputed
+        .iter()
+        .map(|(_, doc, _, version)| {
+            assert_eq!(*version, 0);
+            doc["decade"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    decades.sort();
+    assert_eq!(decades, ["1960s", "1990s", "2000s", "2010s", "2020s"]);
+    assert_eq!(
+        rows(&app, &live).await.len(),
+        3,
+        "the live pipeline is untouched"
+    );
+
+    // A time range: one record per partition before an instant, one after;
+    // --from takes the later ones only, --to the earlier ones only.
+    let command = |at: &str| {
+        let id = Uuid::new_v4().to_string();
+        (
+            id.clone(),
+            json!({"command_id": id, "event_timestamp": at}).to_string(),
+        )
+    };
+    let topic = app.settings.kafka_topic.clone();
+    let mut before = Vec::new();
+    for partition in 0..app.settings.kafka_partitions {
+        let (id, value) = command("2003-03-03T03:03:03Z");
+        produce_raw(&topic, Some(partition), Some(&id), value.as_bytes(), None).await;
+        before.push(id);
+    }
+    let instant = chrono::Utc::now() + chrono::Duration::milliseconds(5);
+    while chrono::Utc::now() <= instant {
+        tokio::task::yield_now().await;
+    }
+    let mut after = Vec::new();
+    for partition in 0..app.settings.kafka_partitions {
+        let (id, value) = command("2004-04-04T04:04:04Z");
+        produce_raw(&topic, Some(partition), Some(&id), value.as_bytes(), None).await;
+        after.push(id);
+    }
+    let instant = instant.to_rfc3339();
+    for (flag, expected) in [("--from", &after), ("--to", &before)] {
+        let ranged = table();
+        let mut args = vec![
+            pipeline.as_str(),
+            flag,
+            instant.as_str(),
+            "--sink-table",
+            &ranged,
+        ];
+        if flag == "--to" {
+            // Only the records of this part: those at or after the kept ones.
+            args.extend(["--from", "2000-01-01T00:00:00Z"]);
+        }
+        let output = replay(&app, &args).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        let mut keys: Vec<String> = contents(&app, &ranged)
+            .await
+            .into_iter()
+            .map(|(key, ..)| key)
+            .filter(|key| before.contains(key) || after.contains(key))
+            .collect();
+        keys.sort();
+        let mut expected = expected.clone();
+        expected.sort();
+        assert_eq!(keys, expected, "{flag} {instant}: {stderr}");
+    }
+
+    // No sink, or two: refused before anything runs.
+    let refused = replay(&app, &[&pipeline]).await;
+    assert_eq!(refused.status.code(), Some(2));
     app.stop().await;
 }
