@@ -466,3 +466,138 @@ async fn a_replay_into_a_new_table_equals_the_live_pipeline_and_a_new_definition
     assert_eq!(refused.status.code(), Some(2));
     app.stop().await;
 }
+
+/// The JSON lines of a file sink.
+fn lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is whole JSON"))
+        .collect()
+}
+
+#[actix_rt::test]
+async fn a_file_sink_holds_every_record_after_consumers_are_killed_mid_stream() {
+    use chronolog::config::Role;
+    use rdkafka::mocking::MockCluster;
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let mut settings = crate::helpers::settings(&crate::helpers::create_database().await);
+    settings.kafka_brokers = mock.bootstrap_servers();
+    settings.kafka_session_timeout = std::time::Duration::from_secs(4);
+    for topic in [settings.kafka_topic.clone(), settings.dead_letter_topic()] {
+        mock.create_topic(&topic, 3, 1).expect("topic");
+    }
+    let front = TestApp::spawn_with(settings.clone(), &[Role::Command]).await;
+    let path = std::env::temp_dir().join(format!("{}.jsonl", name()));
+    apply(
+        &front,
+        json!({
+            "name": name(),
+            "topics": [settings.kafka_topic],
+            "filters": [".seen = true"],
+            "sink": {"type": "file", "path": path.to_str().unwrap()},
+        }),
+    )
+    .await;
+    let mut ids = HashSet::new();
+    for round in 0..3 {
+        let mut child = crate::helpers::spawn_consumer_process(&settings);
+        let before = lines(&path).len();
+        let kill = async {
+            eventually(&format!("consumer {round} writes the file"), || async {
+                (lines(&path).len() > before).then_some(())
+            })
+            .await;
+            let pause = std::time::Duration::from_millis((Uuid::new_v4().as_u128() % 200) as u64);
+            tokio::time::sleep(pause).await;
+            child.kill();
+        };
+        let (chunk, ()) = futures::join!(post_many(&front, 500, Arc::default()), kill);
+        ids.extend(chunk);
+    }
+    assert_eq!(ids.len(), 1500);
+    let mut last = crate::helpers::spawn_consumer_process(&settings);
+    let expected: HashSet<String> = ids.iter().map(Uuid::to_string).collect();
+    let written = eventually("every record in the file", || async {
+        let written = lines(&path);
+        let seen: HashSet<String> = written
+            .iter()
+            .filter_map(|l| l["doc"]["command_id"].as_str().map(str::to_owned))
+            .collect();
+        expected.is_subset(&seen).then_some(written)
+    })
+    .await;
+    last.kill();
+    front.stop().await;
+    // At least once: a record written twice is the same line twice, told
+    // apart from others by its source position.
+    let mut by_source: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
+    for line in &written {
+        assert_eq!(line["doc"]["seen"], true);
+        assert_eq!(line["pipeline_version"], 1);
+        let source = line["source"].as_str().unwrap().to_owned();
+        assert!(source.starts_with(&format!("{}:", settings.kafka_topic)));
+        if let Some(earlier) = by_source.insert(source, line.clone()) {
+            assert_eq!(&earlier, line, "a duplicate is the same record");
+        }
+    }
+    assert_eq!(
+        by_source.len(),
+        expected.len(),
+        "one source position per record"
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[actix_rt::test]
+async fn a_kafka_sink_keys_and_labels_every_output_record() {
+    let app = TestApp::spawn().await;
+    let out = format!("{}.out", app.settings.kafka_topic);
+    chronolog::kafka::admin::ensure_named_topics(&app.settings, std::slice::from_ref(&out))
+        .await
+        .unwrap();
+    let pipeline = name();
+    apply(
+        &app,
+        json!({
+            "name": pipeline,
+            "topics": [app.settings.kafka_topic],
+            "filters": [".kind = \"copy\""],
+            "sink": {"type": "kafka", "topic": out, "key": ".command_id"},
+        }),
+    )
+    .await;
+    let mut ids = HashSet::new();
+    for _ in 0..5 {
+        ids.insert(app.accept(None).await.to_string());
+    }
+    let records = eventually("every output record", || async {
+        let records = read_topic(&out).await;
+        (records.len() >= ids.len()).then_some(records)
+    })
+    .await;
+    use rdkafka::Message as _;
+    let mut seen = HashSet::new();
+    for record in &records {
+        let key = String::from_utf8(record.key().unwrap().to_vec()).unwrap();
+        let value: Value = serde_json::from_slice(record.payload().unwrap()).unwrap();
+        assert_eq!(value["command_id"], json!(key));
+        assert_eq!(value["kind"], "copy");
+        let source = header(record, "chronolog-source").unwrap();
+        assert!(
+            source.starts_with(&format!("{}:", app.settings.kafka_topic)),
+            "{source}"
+        );
+        assert_eq!(
+            header(record, "chronolog-pipeline"),
+            Some(format!("{pipeline}:1"))
+        );
+        assert!(
+            header(record, "correlationId").is_some(),
+            "source headers are kept"
+        );
+        seen.insert(key);
+    }
+    assert_eq!(seen, ids);
+    app.stop().await;
+}
