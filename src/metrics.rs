@@ -75,6 +75,8 @@ pub struct Metrics {
     pub pipeline_filter_seconds: HistogramVec,
     /// The version each pipeline runs (absent once it is deleted).
     pub pipeline_version: IntGaugeVec,
+    /// Records of each pipeline's topics its group has not committed yet.
+    pub pipeline_lag_records: IntGaugeVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -278,6 +280,13 @@ impl Metrics {
                 ),
                 &["pipeline"],
             )?,
+            pipeline_lag_records: IntGaugeVec::new(
+                Opts::new(
+                    "pipeline_lag_records",
+                    "Records of a pipeline's topics its consumer group has not committed yet.",
+                ),
+                &["pipeline"],
+            )?,
             registry,
         };
         m.register()?;
@@ -319,6 +328,7 @@ impl Metrics {
         r.register(Box::new(self.pipeline_records.clone()))?;
         r.register(Box::new(self.pipeline_filter_seconds.clone()))?;
         r.register(Box::new(self.pipeline_version.clone()))?;
+        r.register(Box::new(self.pipeline_lag_records.clone()))?;
         Ok(())
     }
 

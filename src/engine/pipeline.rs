@@ -72,6 +72,10 @@ pub struct PipelineState {
 impl PipelineState {
     /// A pipeline running `compiled`.
     pub fn new(name: &str, compiled: Compiled, metrics: Arc<Metrics>) -> Arc<Self> {
+        // Every outcome's series exists from the start, at 0.
+        for outcome in ["in", "out", "dropped", "failed"] {
+            metrics.pipeline_records.with_label_values(&[name, outcome]);
+        }
         Arc::new(Self {
             name: name.to_owned(),
             current: RwLock::new(Arc::new(compiled)),

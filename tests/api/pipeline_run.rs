@@ -18,7 +18,7 @@ use crate::helpers::{TestApp, eventually, post_many, produce_raw, read_topic, un
 
 /// Stores `definition` as the operator's `pipelines apply` does; answers
 /// the version stored.
-async fn apply(app: &TestApp, definition: Value) -> i32 {
+pub async fn apply(app: &TestApp, definition: Value) -> i32 {
     let definition = Definition::from_json(definition).expect("a valid definition");
     let mut conn = AsyncPgConnection::establish(app.settings.database_url.expose())
         .await
@@ -77,11 +77,11 @@ fn name() -> String {
 #[actix_rt::test]
 async fn a_filter_that_drops_and_one_that_adds_a_field_are_applied_row_by_row() {
     let app = TestApp::spawn().await;
-    let table = table();
+    let (pipeline, table) = (name(), table());
     let version = apply(
         &app,
         json!({
-            "name": name(),
+            "name": pipeline,
             "topics": [app.settings.kafka_topic],
             "filters": [
                 "if starts_with(string!(.event_timestamp), \"19\") { abort }",
@@ -123,7 +123,18 @@ async fn a_filter_that_drops_and_one_that_adds_a_field_are_applied_row_by_row() 
         assert_eq!(row.pipeline_version, 1);
     }
     let metrics = app.metrics().render();
-    assert!(metrics.contains("outcome=\"dropped\"") && metrics.contains("pipeline_records_total"));
+    for (outcome, count) in [("in", 5), ("out", 3), ("dropped", 2), ("failed", 0)] {
+        let series = format!(
+            "chronolog_pipeline_records_total{{outcome=\"{outcome}\",pipeline=\"{pipeline}\"}} {count}\n"
+        );
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
+    // The group commits what the table holds: its lag comes down to 0.
+    let caught_up = format!("chronolog_pipeline_lag_records{{pipeline=\"{pipeline}\"}} 0\n");
+    eventually("the pipeline's lag is 0", || async {
+        app.metrics().render().contains(&caught_up).then_some(())
+    })
+    .await;
     app.stop().await;
 }
 
