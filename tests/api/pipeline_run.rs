@@ -612,3 +612,100 @@ async fn a_kafka_sink_keys_and_labels_every_output_record() {
     assert_eq!(seen, ids);
     app.stop().await;
 }
+
+/// `chronolog_pipeline_records_total{outcome="in"}` of `pipeline` in `metrics`.
+fn records_in(metrics: &chronolog::metrics::Metrics, pipeline: &str) -> u64 {
+    metrics
+        .pipeline_records
+        .with_label_values(&[pipeline, "in"])
+        .get()
+}
+
+/// Two consumers of the pipeline's group (two applications with their own
+/// clients, in this test's process).
+#[actix_rt::test]
+async fn two_consumers_split_a_pipeline_and_both_take_a_change_and_refuse_a_bad_one() {
+    use chronolog::config::Role;
+    let settings = crate::helpers::settings(&crate::helpers::create_database().await);
+    let front = TestApp::spawn_with(settings.clone(), &[Role::Command, Role::Query]).await;
+    let first = crate::helpers::start_consumer(&settings).await;
+    let second = crate::helpers::start_consumer(&settings).await;
+    let (pipeline, table) = (name(), table());
+    let definition = |filter: &str| {
+        json!({
+            "name": pipeline,
+            "topics": [settings.kafka_topic],
+            "filters": [filter],
+            "sink": {"type": "postgres", "table": table, "key": ".command_id"},
+        })
+    };
+    let running = |version: i64| {
+        let (a, b) = (first.metrics(), second.metrics());
+        let pipeline = pipeline.clone();
+        move || {
+            let (a, b, pipeline) = (a.clone(), b.clone(), pipeline.clone());
+            async move {
+                let at = |m: &chronolog::metrics::Metrics| {
+                    m.pipeline_version.with_label_values(&[&pipeline]).get()
+                };
+                (at(&a) == version && at(&b) == version).then_some(())
+            }
+        }
+    };
+    assert_eq!(apply(&front, definition(".v = 1")).await, 1);
+    eventually("both processes run v1", running(1)).await;
+
+    // Records until both processes have read some: the group's partitions
+    // are split between them.
+    let early = std::sync::Mutex::new(HashSet::new());
+    eventually("both processes process records", || async {
+        let chunk = post_many(&front, 30, Arc::default()).await;
+        early.lock().unwrap().extend(chunk);
+        (records_in(&first.metrics(), &pipeline) > 0
+            && records_in(&second.metrics(), &pipeline) > 0)
+            .then_some(())
+    })
+    .await;
+    let mut ids = early.into_inner().unwrap();
+    assert_eq!(apply(&front, definition(".v = 2")).await, 2);
+    eventually("both processes run v2", running(2)).await;
+    ids.extend(post_many(&front, 300, Arc::default()).await);
+
+    // A filter that does not compile is refused by the operator's command
+    // (exit 2, located) and changes nothing: v2 goes on in both.
+    let file = std::env::temp_dir().join(format!("{pipeline}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "[[pipeline]]\nname = \"{pipeline}\"\ntopics = [\"{}\"]\nfilters = ['.v = 3', '.w = upcase(.missing)']\n[pipeline.sink]\ntype = \"postgres\"\ntable = \"{table}\"\nkey = \".command_id\"\n",
+            settings.kafka_topic
+        ),
+    )
+    .unwrap();
+    let refused = std::process::Command::new(crate::helpers::BIN)
+        .args(["pipelines", "apply", file.to_str().unwrap()])
+        .env("DATABASE_URL", settings.database_url.expose())
+        .env("LOG_LEVEL", "error")
+        .output()
+        .unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("filters[1]:1:"), "{stderr}");
+    ids.extend(post_many(&front, 30, Arc::default()).await);
+
+    let expected: HashSet<String> = ids.iter().map(Uuid::to_string).collect();
+    let written = eventually("every record in the table", || async {
+        let written = rows(&front, &table).await;
+        (written.len() >= expected.len()).then_some(written)
+    })
+    .await;
+    let keys: HashSet<String> = written.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(keys, expected, "every record exactly once");
+    let versions: HashSet<i32> = written.iter().map(|r| r.pipeline_version).collect();
+    assert_eq!(versions, HashSet::from([1, 2]), "v3 never ran");
+    eventually("both still run v2", running(2)).await;
+    first.stop().await;
+    second.stop().await;
+    front.stop().await;
+}
