@@ -77,6 +77,8 @@ pub struct Metrics {
     pub pipeline_version: IntGaugeVec,
     /// Records of each pipeline's topics its group has not committed yet.
     pub pipeline_lag_records: IntGaugeVec,
+    /// Requests of the query API waiting for a record (`Prefer: wait`).
+    pub query_waiting_requests: IntGauge,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -287,6 +289,10 @@ impl Metrics {
                 ),
                 &["pipeline"],
             )?,
+            query_waiting_requests: IntGauge::new(
+                "query_waiting_requests",
+                "Requests of the query API waiting for their record to reach the view (Prefer: wait).",
+            )?,
             registry,
         };
         m.register()?;
@@ -329,6 +335,7 @@ impl Metrics {
         r.register(Box::new(self.pipeline_filter_seconds.clone()))?;
         r.register(Box::new(self.pipeline_version.clone()))?;
         r.register(Box::new(self.pipeline_lag_records.clone()))?;
+        r.register(Box::new(self.query_waiting_requests.clone()))?;
         Ok(())
     }
 

@@ -323,8 +323,12 @@ impl Application {
         if has(Role::Query) {
             let pool = crate::db::pool(&settings.database_url, settings.database_pool_size);
             let commits = readiness.partitions.as_ref().map(|group| group.commits());
-            let (watcher, watching) =
-                http::wait::ViewWatcher::start(pool.clone(), commits, http::wait::TICK);
+            let (watcher, watching) = http::wait::ViewWatcher::start(
+                pool.clone(),
+                commits,
+                http::wait::TICK,
+                Some(metrics.query_waiting_requests.clone()),
+            );
             let waits = actix_web::web::Data::from(watcher.clone());
             let pool = actix_web::web::Data::new(pool);
             let ready = readiness.clone();

@@ -488,7 +488,7 @@ fn lines(path: &std::path::Path) -> Vec<Value> {
 }
 
 #[actix_rt::test]
-async fn a_file_sink_holds_every_record_after_consumers_are_killed_mid_stream() {
+async fn file_and_kafka_sinks_hold_every_record_after_consumers_are_killed_mid_stream() {
     use chronolog::config::Role;
     use rdkafka::mocking::MockCluster;
     let mock = MockCluster::new(1).expect("mock cluster");
@@ -498,7 +498,18 @@ async fn a_file_sink_holds_every_record_after_consumers_are_killed_mid_stream() 
     for topic in [settings.kafka_topic.clone(), settings.dead_letter_topic()] {
         mock.create_topic(&topic, 3, 1).expect("topic");
     }
+    let out = format!("{}.out", settings.kafka_topic);
+    mock.create_topic(&out, 3, 1).expect("topic");
     let front = TestApp::spawn_with(settings.clone(), &[Role::Command]).await;
+    apply(
+        &front,
+        json!({
+            "name": name(),
+            "topics": [settings.kafka_topic],
+            "sink": {"type": "kafka", "topic": out},
+        }),
+    )
+    .await;
     let path = std::env::temp_dir().join(format!("{}.jsonl", name()));
     apply(
         &front,
@@ -538,6 +549,28 @@ async fn a_file_sink_holds_every_record_after_consumers_are_killed_mid_stream() 
         expected.is_subset(&seen).then_some(written)
     })
     .await;
+    // The topic: every record at least once, a duplicate is the same
+    // output with the same source position.
+    use rdkafka::Message as _;
+    let copies = eventually("every record in the output topic", || async {
+        let copies = crate::helpers::read_topic_at(&settings.kafka_brokers, &out).await;
+        let seen: HashSet<String> = copies
+            .iter()
+            .filter_map(|m| serde_json::from_slice::<Value>(m.payload()?).ok())
+            .filter_map(|v| v["command_id"].as_str().map(str::to_owned))
+            .collect();
+        expected.is_subset(&seen).then_some(copies)
+    })
+    .await;
+    let mut by_position: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    for copy in &copies {
+        let position = header(copy, "chronolog-source").unwrap();
+        let value = copy.payload().unwrap().to_vec();
+        if let Some(earlier) = by_position.insert(position, value.clone()) {
+            assert_eq!(earlier, value, "a duplicate is the same record");
+        }
+    }
+    assert_eq!(by_position.len(), expected.len());
     last.kill();
     front.stop().await;
     // At least once: a record written twice is the same line twice, told
