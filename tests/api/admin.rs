@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use chronolog::config::{Role, Secret, Settings};
 use chronolog::pipelines::Definition;
 use chronolog::pipelines::store;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, create_database, eventually, settings, unique};
@@ -462,15 +462,16 @@ async fn put_creates_updates_refuses_and_delete_ends_with_an_exact_history() {
 }
 
 #[actix_rt::test]
-async fn get_shows_a_running_pipeline_with_its_records_and_lag() {
+async fn get_shows_a_pipeline_running_failing_and_running_again_with_records_and_lag() {
     let app = TestApp::spawn_with(admin_settings().await, &[]).await;
     let (http, base) = (&app.http, app.query_url());
     let name = unique("admin");
     let url = format!("{base}/admin/pipelines/{name}");
     let topic = app.settings.kafka_topic.clone();
+    let table = table();
     let body = definition(
         &topic,
-        &table(),
+        &table,
         &["if starts_with(string!(.event_timestamp), \"19\") { abort }"],
     );
     assert_eq!(
@@ -542,6 +543,54 @@ async fn get_shows_a_running_pipeline_with_its_records_and_lag() {
         partition["lag"] = Value::Null;
     }
     assert_eq!(list, json!({"pipelines": [listed]}));
+
+    // A write that fails blocks its partition, retrying: the pipeline is
+    // failing, and says where; once the write can succeed it runs again.
+    let mut conn = connect(&app.settings).await;
+    diesel::sql_query(format!(
+        "ALTER TABLE {table} ADD CONSTRAINT refuse_all CHECK (false) NOT VALID"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let response = app.post(Some("2031-01-01T00:00:00Z"), None).await;
+    assert_eq!(response.status().as_u16(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    let blocked = accepted["partition"].as_i64().unwrap();
+    let failing = eventually("the pipeline failing", || async {
+        let (_, _, shown) = call(http, "GET", &url, Some(TOKEN), None).await;
+        (shown["status"] == "failing").then_some(shown)
+    })
+    .await;
+    let problems: Vec<(i64, Value)> = failing["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["partition"].as_i64().unwrap(), p["problem"].clone()))
+        .collect();
+    assert_eq!(
+        problems,
+        (0..3)
+            .map(|p| {
+                let problem = (p == blocked).then_some("retrying a failed write");
+                (p, json!(problem))
+            })
+            .collect::<Vec<_>>()
+    );
+    diesel::sql_query(format!("ALTER TABLE {table} DROP CONSTRAINT refuse_all"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let recovered = eventually("the pipeline running again", || async {
+        let (_, _, shown) = call(http, "GET", &url, Some(TOKEN), None).await;
+        (shown["status"] == "running" && shown["records"]["out"] == 4).then_some(shown)
+    })
+    .await;
+    assert_eq!(
+        recovered["records"],
+        json!({"in": 5, "out": 4, "dropped": 1, "failed": 0})
+    );
+    assert_eq!(recovered["lag"], 0);
 
     // Deleted, it stops in this process: gone from reads.
     assert_eq!(call(http, "DELETE", &url, Some(TOKEN), None).await.0, 204);
