@@ -332,24 +332,32 @@ impl Application {
             let waits = actix_web::web::Data::from(watcher.clone());
             let pool = actix_web::web::Data::new(pool);
             let ready = readiness.clone();
-            let mut server =
-                http::bind(settings.query_addr, "query", metrics.clone(), move |cfg| {
+            let admin = http::admin::Admin::new(settings, app.pipelines.clone());
+            let mut server = http::bind_with_admin(
+                settings.query_addr,
+                "query",
+                metrics.clone(),
+                admin,
+                move |cfg| {
                     cfg.app_data(pool.clone())
                         .app_data(waits.clone())
                         .app_data(actix_web::web::Data::new(ready.clone()))
                         .configure(http::query::routes);
-                })
-                .with_context(|| format!("QUERY_ADDR: cannot listen on {}", settings.query_addr))?;
+                },
+            )
+            .with_context(|| format!("QUERY_ADDR: cannot listen on {}", settings.query_addr))?;
             server.watch_view(watcher, watching);
             server.spawn();
             app.query = Some(server);
         }
         if roles.len() == 1 && has(Role::Consumer) {
             let ready = readiness.clone();
-            let mut server = http::bind(
+            let admin = http::admin::Admin::new(settings, app.pipelines.clone());
+            let mut server = http::bind_with_admin(
                 settings.consumer_addr,
                 "consumer",
                 metrics.clone(),
+                admin,
                 move |cfg| {
                     cfg.app_data(actix_web::web::Data::new(ready.clone()));
                 },
