@@ -90,7 +90,7 @@ impl ProduceError {
 /// of the same record can succeed. (Authorisation failures are not among
 /// them: an operator can fix an ACL, and until then the partition shows as
 /// blocked rather than dropping dead letters.)
-fn refuses_the_record(code: RDKafkaErrorCode) -> bool {
+pub fn refuses_the_record(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
         RDKafkaErrorCode::MessageSizeTooLarge

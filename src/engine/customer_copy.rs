@@ -21,6 +21,10 @@ use crate::outbox::Envelope;
 use crate::shop::CustomerState;
 use crate::shop::store::{self, Applied, ApplyError};
 
+/// Most addresses a customer's copy keeps (the accounts service has a
+/// billing and a shipping address; a few more are plenty).
+const MAX_ADDRESSES: usize = 100;
+
 /// Applies customer events to `shop.customers`.
 pub struct CustomerCopy;
 
@@ -46,9 +50,23 @@ impl Projection for CustomerCopy {
             event.event_type.as_str(),
             "CustomerCreated" | "CustomerUpdated"
         ) {
-            serde_json::from_value::<CustomerState>(event.data.clone()).map_err(|e| {
-                DecodeError::InvalidEvent(format!("the event's data is not a customer: {e}"))
-            })?;
+            let state =
+                serde_json::from_value::<CustomerState>(event.data.clone()).map_err(|e| {
+                    DecodeError::InvalidEvent(format!("the event's data is not a customer: {e}"))
+                })?;
+            // What PostgreSQL would refuse for ever must not reach it: a NUL
+            // in a text, more addresses than a position can number.
+            if crate::engine::sink::holds_nul(&event.data) {
+                return Err(DecodeError::InvalidEvent(
+                    "the event's data holds a NUL character".to_owned(),
+                ));
+            }
+            if state.addresses.len() > MAX_ADDRESSES {
+                return Err(DecodeError::InvalidEvent(format!(
+                    "the customer has {} addresses, more than {MAX_ADDRESSES}",
+                    state.addresses.len()
+                )));
+            }
         }
         Ok(event)
     }

@@ -228,7 +228,14 @@ impl<S: Sink> Supervised for PartitionConsumer<S> {
         // back to the last offset durable in the view (or, when the view
         // holds none for this partition, to the log's beginning; the view
         // applies each record once however often it is read).
-        let offset = self.committed().map_or(Offset::Beginning, Offset::Offset);
+        // A sink at Kafka's committed offsets goes back to those instead
+        // (a pipeline that starts at the end of the log must not replay it).
+        let unknown = if self.deps.sink.keeps_positions() {
+            Offset::Beginning
+        } else {
+            Offset::Stored
+        };
+        let offset = self.committed().map_or(unknown, Offset::Offset);
         if let Err(error) =
             self.deps
                 .consumer

@@ -45,6 +45,9 @@ use crate::kafka::record::{DecodeError, RecordHeaders};
 use crate::metrics::Metrics;
 use crate::pipelines::{Filters, Header, KeyPath, Outcome, RecordMeta};
 
+/// Longest key a sink takes (a PostgreSQL index entry holds about 2.7 kB).
+const MAX_KEY_BYTES: usize = 1024;
+
 /// One version of a pipeline, compiled.
 #[derive(Clone)]
 pub struct Compiled {
@@ -206,6 +209,13 @@ impl PipelineState {
             }
             Outcome::Failed(error) => return Err(DecodeError::FilterError(error)),
         };
+        // What PostgreSQL would refuse for ever must not reach a sink: a NUL
+        // in a text, a key longer than an index entry can be.
+        if crate::engine::sink::holds_nul(&doc) {
+            return Err(DecodeError::FilterError(
+                "the filtered value holds a NUL character".to_owned(),
+            ));
+        }
         let key = match &compiled.key {
             None => None,
             Some(path) => Some(match path.get(&doc) {
@@ -219,6 +229,11 @@ impl PipelineState {
                 }
             }),
         };
+        if key.as_ref().is_some_and(|k| k.len() > MAX_KEY_BYTES) {
+            return Err(DecodeError::FilterError(format!(
+                "the key at the sink's key path is longer than {MAX_KEY_BYTES} bytes"
+            )));
+        }
         Ok(Processed {
             version: compiled.version,
             source,
@@ -272,6 +287,29 @@ pub struct Output {
     pub record_key: Option<Vec<u8>>,
     /// The source record's headers.
     pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// The dead letter of an output its sink refused for what it is.
+fn refused(record: &Decoded<Processed>, why: &str) -> Rejected {
+    let (item, output) = (&record.item, record.item.output.as_ref());
+    let value = output.map(|o| o.doc.to_string().into_bytes());
+    let dead_letter = crate::kafka::dead_letter::DeadLetter::new(
+        &crate::kafka::dead_letter::SourcePosition {
+            topic: item.source.topic.clone(),
+            partition: item.source.partition,
+            offset: item.source.offset,
+        },
+        output.and_then(|o| o.record_key.as_deref()),
+        value.as_deref(),
+        output.map(|o| o.headers.clone()).unwrap_or_default(),
+        &DecodeError::SinkRefused(format!("the output topic refused the record: {why}")),
+    );
+    Rejected {
+        offset: record.offset,
+        record_applied: false,
+        dead_letter,
+        correlation_id: record.correlation_id.clone(),
+    }
 }
 
 /// Counts the kept records of a durable batch.
@@ -487,11 +525,25 @@ impl Sink for TopicOutput {
                     producer.send(message, timeout)
                 })
                 .collect();
-            for delivery in futures::future::join_all(deliveries).await {
-                delivery.map_err(|(error, _)| SinkError::Failed(error.to_string()))?;
+            let kept = records.iter().filter(|r| r.item.output.is_some());
+            let mut rejected = Vec::new();
+            for (record, delivery) in kept.zip(futures::future::join_all(deliveries).await) {
+                match delivery {
+                    Ok(_) => {}
+                    // Refused for what it is: dead-lettered, not retried
+                    // for ever.
+                    Err((error, _))
+                        if error
+                            .rdkafka_error_code()
+                            .is_some_and(crate::actors::producer::refuses_the_record) =>
+                    {
+                        rejected.push(refused(record, &error.to_string()));
+                    }
+                    Err((error, _)) => return Err(SinkError::Failed(error.to_string())),
+                }
             }
             count_out(&state, &records);
-            Ok(Written::default())
+            Ok(Written { rejected })
         }
         .boxed()
     }

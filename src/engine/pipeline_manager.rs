@@ -117,6 +117,18 @@ impl PipelineManager {
             Start::Earliest => Membership::Subscribe,
             Start::Latest => Membership::SubscribeAtEnd,
         };
+        // One file handle per pipeline, whatever its topics: batches of all
+        // its partitions are appended through it, one at a time.
+        let file = match &definition.sink {
+            SinkDefinition::File { path } => match FileOutput::open(state.clone(), path) {
+                Ok(output) => Some(Arc::new(output)),
+                Err(error) => {
+                    tracing::error!(pipeline = name, path, %error, "cannot open the pipeline's file; not started");
+                    return None;
+                }
+            },
+            _ => None,
+        };
         let mut groups = Vec::new();
         for topic in &definition.topics {
             let started = match &definition.sink {
@@ -145,9 +157,9 @@ impl PipelineManager {
                         Err(error) => Err(error.to_string()),
                     }
                 }
-                SinkDefinition::File { path } => match FileOutput::open(state.clone(), path) {
-                    Ok(output) => self.join(name, topic, &membership, Arc::new(output)),
-                    Err(error) => Err(format!("cannot open {path}: {error}")),
+                SinkDefinition::File { .. } => match &file {
+                    Some(output) => self.join(name, topic, &membership, output.clone()),
+                    None => Err("the pipeline's file is not open".to_owned()),
                 },
             };
             match started {
@@ -208,7 +220,7 @@ impl PipelineManager {
             .collect();
         for name in gone {
             if let Some(running) = self.running.remove(&name) {
-                self.stop_pipeline(&name, running, "deleted");
+                self.stop_pipeline(&name, running, "deleted", true);
             }
         }
         for (name, stored) in wanted {
@@ -244,7 +256,12 @@ impl PipelineManager {
                 }
                 Some(_) => {
                     if let Some(running) = self.running.remove(&name) {
-                        self.stop_pipeline(&name, running, "restarted: its topics or sink changed");
+                        self.stop_pipeline(
+                            &name,
+                            running,
+                            "restarted: its topics or sink changed",
+                            false,
+                        );
                     }
                     if let Some(running) = self.start_pipeline(&stored) {
                         self.running.insert(name, running);
@@ -259,31 +276,52 @@ impl PipelineManager {
         }
     }
 
-    fn stop_pipeline(&self, name: &str, running: Running, why: &'static str) {
+    /// Stops `running`; `gone` (a deletion) also removes its gauges once
+    /// nothing of it runs.
+    fn stop_pipeline(&self, name: &str, running: Running, why: &'static str, gone: bool) {
         let name = name.to_owned();
         let version = running.state.version();
         let metrics = self.metrics.clone();
         actix::spawn(async move {
             futures::future::join_all(running.groups.into_iter().map(ConsumerGroup::stop)).await;
             // Gone once nothing of it runs any more.
-            let _ = metrics.pipeline_version.remove_label_values(&[&name]);
-            let _ = metrics.pipeline_lag_records.remove_label_values(&[&name]);
+            if gone {
+                let _ = metrics.pipeline_version.remove_label_values(&[&name]);
+                let _ = metrics.pipeline_lag_records.remove_label_values(&[&name]);
+            }
             tracing::info!(pipeline = name, version, why, "pipeline stopped");
         });
     }
 
     /// Reads what changed; creates the tables of postgres sinks first, so
     /// that a batch never meets a missing table.
-    async fn check(pool: Pool, seen: i64) -> Result<Option<(i64, Vec<Stored>)>, DbError> {
+    ///
+    /// The dead-letter topics of the pipelines' topics are created too: a
+    /// dead letter to a topic that does not exist would be retried for ever.
+    async fn check(
+        settings: Settings,
+        pool: Pool,
+        seen: i64,
+    ) -> Result<Option<(i64, Vec<Stored>)>, DbError> {
         let mut conn = crate::db::checkout(&pool).await?;
         if store::last_change(&mut conn).await? == seen {
             return Ok(None);
         }
         let snapshot = store::snapshot(&mut conn).await?;
+        let mut dead_letters = Vec::new();
         for stored in &snapshot.pipelines {
             if let SinkDefinition::Postgres { table, .. } = &stored.definition.sink {
                 PipelineTable::create(&mut conn, table).await?;
             }
+            for topic in &stored.definition.topics {
+                dead_letters.push(crate::kafka::dead_letter::dead_letter_topic(topic));
+            }
+        }
+        dead_letters.sort();
+        dead_letters.dedup();
+        if let Err(error) = crate::kafka::admin::ensure_named_topics(&settings, &dead_letters).await
+        {
+            tracing::warn!(%error, "cannot create the pipelines' dead-letter topics");
         }
         Ok(Some((snapshot.change, snapshot.pipelines)))
     }
@@ -307,7 +345,7 @@ impl Actor for PipelineManager {
                 return;
             }
             act.checking = true;
-            let check = Self::check(act.pool.clone(), act.seen);
+            let check = Self::check(act.settings.clone(), act.pool.clone(), act.seen);
             ctx.spawn(check.into_actor(act).map(|result, act, _ctx| {
                 act.checking = false;
                 match result {

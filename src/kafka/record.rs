@@ -87,11 +87,15 @@ pub enum DecodeError {
     /// key where the sink's key path points.
     #[error("{0}")]
     FilterError(String),
+    /// A pipeline's output that its sink refuses for what it is (too large
+    /// for the output topic, ...): no retry can write it.
+    #[error("{0}")]
+    SinkRefused(String),
 }
 
 impl DecodeError {
     /// Every [`code`](Self::code).
-    pub const CODES: [&'static str; 13] = [
+    pub const CODES: [&'static str; 14] = [
         "empty_value",
         "not_json",
         "missing_field",
@@ -105,6 +109,7 @@ impl DecodeError {
         "internal_error",
         "invalid_event",
         "filter_error",
+        "sink_refused",
     ];
 
     /// A short, fixed label for metrics and the dead-letter `reason` header.
@@ -123,6 +128,7 @@ impl DecodeError {
             DecodeError::Internal(_) => "internal_error",
             DecodeError::InvalidEvent(_) => "invalid_event",
             DecodeError::FilterError(_) => "filter_error",
+            DecodeError::SinkRefused(_) => "sink_refused",
         }
     }
 }

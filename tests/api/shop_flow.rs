@@ -210,7 +210,7 @@ async fn hostile_customer_events_are_dead_lettered_and_stale_ones_change_nothing
         None,
     )
     .await;
-    let hostile: [(&str, String, &str); 5] = [
+    let hostile: [(&str, String, &str); 6] = [
         (
             "4242",
             envelope("4242", 0, "Zero"),
@@ -237,6 +237,11 @@ async fn hostile_customer_events_are_dead_lettered_and_stale_ones_change_nothing
                 .replace("\"addresses\"", "\"addresses_\"")
                 .replace("\"name\"", "\"nom\""),
             "missing field `name`",
+        ),
+        (
+            "4242",
+            envelope("4242", 3, "Nul").replace("\"John\"", "\"Jo\\u0000hn\""),
+            "NUL character",
         ),
     ];
     let mut offsets = Vec::new();
