@@ -3,8 +3,9 @@
 //! - `mock-broker PARTITIONS TOPIC...`: hosts librdkafka's mock cluster (so that
 //!   the broker is not the limit), creates the topics, prints the bootstrap
 //!   address on stdout, and runs until stdin closes;
-//! - `preload BROKERS TOPIC N`: produces N valid commands as fast as the
-//!   producer goes and prints `records/s`;
+//! - `preload BROKERS TOPIC N [BYTES]`: produces N valid commands (or, with
+//!   BYTES, values of that many bytes) as fast as the producer goes and
+//!   prints `records/s`;
 //! - `consume BROKERS TOPIC N`: reads N records from the beginning and prints
 //!   `records/s` (the broker's raw consume rate, the sink's other baseline);
 //! - `e2e COMMAND_URL QUERY_URL RATE SECONDS SAMPLE_EVERY`: an open-loop load
@@ -58,7 +59,13 @@ fn main() {
         ["mock-broker", partitions, topics @ ..] => {
             mock_broker(topics, partitions.parse().expect("partitions"))
         }
-        ["preload", brokers, topic, n] => preload(brokers, topic, n.parse().expect("count")),
+        ["preload", brokers, topic, n] => preload(brokers, topic, n.parse().expect("count"), None),
+        ["preload", brokers, topic, n, bytes] => preload(
+            brokers,
+            topic,
+            n.parse().expect("count"),
+            Some(bytes.parse().expect("bytes")),
+        ),
         ["consume", brokers, topic, n] => consume(brokers, topic, n.parse().expect("count")),
         ["e2e", command, query, rate, seconds, sample_every] => e2e(
             command,
@@ -84,7 +91,7 @@ fn main() {
         ["watch", brokers, topic] => watch(brokers, topic),
         _ => {
             eprintln!(
-                "usage: bench_tool mock-broker PARTITIONS TOPIC... | preload BROKERS TOPIC N | consume BROKERS TOPIC N | e2e COMMAND_URL QUERY_URL RATE SECONDS SAMPLE_EVERY | steady BROKERS TOPIC RATE SECONDS | orders COMMAND_URL CUSTOMER PRODUCTS CLIENTS SECONDS RATE | watch BROKERS TOPIC"
+                "usage: bench_tool mock-broker PARTITIONS TOPIC... | preload BROKERS TOPIC N [BYTES] | consume BROKERS TOPIC N | e2e COMMAND_URL QUERY_URL RATE SECONDS SAMPLE_EVERY | steady BROKERS TOPIC RATE SECONDS | orders COMMAND_URL CUSTOMER PRODUCTS CLIENTS SECONDS RATE | watch BROKERS TOPIC"
             );
             std::process::exit(2);
         }
@@ -103,7 +110,7 @@ fn mock_broker(topics: &[&str], partitions: i32) {
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
 }
 
-fn preload(brokers: &str, topic: &str, n: u64) {
+fn preload(brokers: &str, topic: &str, n: u64, bytes: Option<usize>) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -117,7 +124,10 @@ fn preload(brokers: &str, topic: &str, n: u64) {
     for _ in 0..n {
         let command = TimestampCommand::new(at);
         let key = command.command_id.to_string();
-        let value = encode_value(&command);
+        let value = match bytes {
+            None => encode_value(&command),
+            Some(bytes) => vec![b'x'; bytes],
+        };
         let mut record = BaseRecord::to(topic).key(&key).payload(&value);
         loop {
             match producer.send(record) {

@@ -258,17 +258,47 @@ copy_round() {
 # new group, into an empty database; appends a line to sink-rounds.txt.
 sink_round() {
   local db; db=$(migrated_db sink)
+  ticks_now "$WORK/ticks-pg-before"
   start_role sink --role consumer --consumer-addr 127.0.0.1:17182 --kafka-topic "$T_SINK" --kafka-group-id "sink-$RUN-$1" --database-url "$db"
   local total steady rate
   read -r total steady < <(wait_rows "$db" "$RECORDS")
   rate=$(awk -v n="$RECORDS" -v s="$steady" 'BEGIN { printf "%.0f", n / s }')
   SINK_RSS=$(max "$SINK_RSS" "$(peak_rss_mb "$APP_PID")")
   SINK_CPU_US=$(cpu_us_per_record "$APP_PID")
+  SINK_PG_US=$(pg_us_per_record "$WORK/ticks-pg-before")
   stop_app "$APP_PID"
   drop_db "$db"
   SINK_RATE=$rate
   echo "$(ratio "$rate" "$2") $rate $2 $total" >>"$WORK/sink-rounds.txt"
   log "  round $1: COPY $2 rows/s, sink $rate rows/s, ratio $(ratio "$rate" "$2")"
+}
+
+# ticks_now FILE: CPU clock ticks used so far by every process, by pid.
+# (A process may exit between the glob and the read: cat then fails, harmlessly.)
+ticks_now() { { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{print $1, $14 + $15}' >"$1"; }
+# ticks_used BEFORE AFTER PID...: ticks the processes used between two
+# snapshots; a process started in between (a PostgreSQL backend) counts from zero.
+ticks_used() {
+  local before=$1 after=$2; shift 2
+  awk -v list=" $* " 'NR == FNR {s[$1] = $2; next} index(list, " " $1 " ") {d += $2 - s[$1]} END {print d + 0}' "$before" "$after"
+}
+# pg_pids: the processes of the PostgreSQL server started here (the machine
+# may run others), or of every server of the postgres user for BENCH_DATABASE_URL.
+pg_pids() {
+  local main
+  if [[ -n ${PG_DIR:-} ]] && main=$(head -1 "$PG_DIR/data/postmaster.pid" 2>/dev/null); then
+    echo "$main $(pgrep -P "$main" -d ' ' || true)"
+  else
+    pgrep -u postgres -d ' ' || true
+  fi
+}
+# pg_us_per_record BEFORE: PostgreSQL's CPU (pg_pids) from
+# the ticks_now snapshot BEFORE to now, per record of the run, in microseconds.
+pg_us_per_record() {
+  ticks_now "$WORK/ticks-pg-after"
+  # shellcheck disable=SC2046
+  awk -v t="$(ticks_used "$1" "$WORK/ticks-pg-after" $(pg_pids))" -v hz="$(getconf CLK_TCK)" -v n="$RECORDS" \
+    'BEGIN { printf "%.1f", t / hz * 1e6 / n }'
 }
 
 # cpu_us_per_record PID: the process's CPU time so far (user + system) per
@@ -306,12 +336,14 @@ pipeline_round() {
   pipeline_file "$WORK/pipeline-$1.toml" "bench-$1" "$T_SINK" bench_pipeline "$FILTER_V1"
   "$BIN" pipelines apply --database-url "$db" "$WORK/pipeline-$1.toml" >"$WORK/apply-$1.log" 2>&1 \
     || die "pipelines apply failed: $(tail -3 "$WORK/apply-$1.log")"
+  ticks_now "$WORK/ticks-pg-before"
   start_role pipeline --role consumer --consumer-addr 127.0.0.1:17183 --kafka-topic "$T_IDLE" --kafka-group-id "pipeline-$RUN-$1" --database-url "$db"
-  local total steady rate cpu filter
+  local total steady rate cpu filter pg
   read -r total steady < <(wait_rows "$db" "$RECORDS" bench_pipeline)
   rate=$(awk -v n="$RECORDS" -v s="$steady" 'BEGIN { printf "%.0f", n / s }')
   PIPELINE_RSS=$(max "$PIPELINE_RSS" "$(peak_rss_mb "$APP_PID")")
   cpu=$(cpu_us_per_record "$APP_PID")
+  pg=$(pg_us_per_record "$WORK/ticks-pg-before")
   # The filters' own time per record, from chronolog's histogram.
   filter=$(curl -sf http://127.0.0.1:17183/metrics | awk '
     /^chronolog_pipeline_filter_seconds_sum/ {s += $2} /^chronolog_pipeline_filter_seconds_count/ {c += $2}
@@ -320,8 +352,8 @@ pipeline_round() {
   local kept; kept=$(psql -qtA "$db" -c "SELECT count(*) FROM bench_pipeline WHERE doc->>'year' = left(doc->>'event_timestamp', 4)")
   ((kept == RECORDS)) || die "the pipeline wrote $kept rows with the filtered year, expected $RECORDS"
   drop_db "$db"
-  echo "$(ratio "$rate" "$2") $rate $2 $total $filter $cpu ${SINK_CPU_US:-n/a}" >>"$WORK/pipeline-rounds.txt"
-  log "  round $1: view $2 rows/s, pipeline $rate rows/s, ratio $(ratio "$rate" "$2"); filters ${filter} µs/record; chronolog CPU ${cpu} µs/record (view ${SINK_CPU_US:-n/a})"
+  echo "$(ratio "$rate" "$2") $rate $2 $total $filter $cpu ${SINK_CPU_US:-n/a} $pg ${SINK_PG_US:-n/a}" >>"$WORK/pipeline-rounds.txt"
+  log "  round $1: view $2 rows/s, pipeline $rate rows/s, ratio $(ratio "$rate" "$2"); filters ${filter} µs/record; CPU per record: chronolog ${cpu} µs (view ${SINK_CPU_US:-n/a}), PostgreSQL $pg µs (view ${SINK_PG_US:-n/a})"
 }
 
 # rebuild_round ROUND COPY_RATE: `chronolog rebuild` of the preloaded topic
@@ -378,8 +410,8 @@ with open(sys.argv[2], 'w') as f:
     RSS+=("rebuild $REBUILD_RSS MiB")
   fi
   if want pipeline; then
-    read -r RATIO RATE VIEW TOTAL FILTER CPU VIEW_CPU < <(median_round "$WORK/pipeline-rounds.txt")
-    row "Pipeline (2 VRL filters → PostgreSQL)" "$RATE rows/s" "timestamp view (sink): $VIEW rows/s" "ratio $RATIO (median of $ROUNDS rounds, each right after a sink round: $(ratios_of "$WORK/pipeline-rounds.txt")); filters $FILTER µs per record (chronolog_pipeline_filter_seconds, JSON decoding excluded); chronolog's CPU $CPU µs per record against $VIEW_CPU for the view; ${TOTAL}s incl. group join; every row has the filtered year"
+    read -r RATIO RATE VIEW TOTAL FILTER CPU VIEW_CPU PG VIEW_PG < <(median_round "$WORK/pipeline-rounds.txt")
+    row "Pipeline (2 VRL filters → PostgreSQL)" "$RATE rows/s" "timestamp view (sink): $VIEW rows/s" "ratio $RATIO (median of $ROUNDS rounds, each right after a sink round: $(ratios_of "$WORK/pipeline-rounds.txt")); filters $FILTER µs per record (chronolog_pipeline_filter_seconds, JSON decoding excluded); CPU per record: chronolog $CPU µs against $VIEW_CPU for the view, PostgreSQL $PG µs against $VIEW_PG; ${TOTAL}s incl. group join; every row has the filtered year"
     RSS+=("pipeline $PIPELINE_RSS MiB")
   fi
 fi
@@ -540,7 +572,7 @@ if want relay; then
   SECS=${DURATION%s}
   RELAY_RATE=$((ORDER_PEAK / 2)); ((RELAY_RATE > 0)) || RELAY_RATE=1
   log "outbox relay: a backlog of $RELAY_EVENTS events published, then orders at half the order peak ($RELAY_RATE/s of $ORDER_PEAK) for ${SECS}s"
-  RAW_PRODUCE=$("$TOOL" preload "$KAFKA_BROKERS" "$T_RAW" "$RELAY_EVENTS")
+  RAW_PRODUCE=$("$TOOL" preload "$KAFKA_BROKERS" "$T_RAW" "$RELAY_EVENTS" 950)
   RELAY_DB=$(shop_db relay)
   # OrderCreated events of about the size the service writes, committed
   # before the relay starts.
@@ -602,7 +634,7 @@ SQL
   )
   drop_db "$RELAY_DB"
   R_FIG=$(tr ' ' '\n' <"$WORK/relay-orders.txt" | awk -F= '{v[$1] = $2} END {printf "%s orders/s achieved, %s created, %s refused, %s unanswered, p99 %s ms", v["rate"], v["created"], v["refused"], v["failed"], v["p99"]}')
-  row "Outbox relay, backlog" "$DRAIN_RATE events/s" "raw produce (bench_tool, small records): $RAW_PRODUCE rec/s" "ratio $(ratio "$DRAIN_RATE" "$RAW_PRODUCE"); $RELAY_EVENTS OrderCreated events of about 950 bytes committed before the relay started, published in ${DRAIN_SECS}s after its first batch"
+  row "Outbox relay, backlog" "$DRAIN_RATE events/s" "raw produce of as many 950-byte records: $RAW_PRODUCE rec/s" "ratio $(ratio "$DRAIN_RATE" "$RAW_PRODUCE"); $RELAY_EVENTS OrderCreated events of about 950 bytes committed before the relay started, published in ${DRAIN_SECS}s after its first batch"
   row "Outbox relay at half the order peak" "p99 $P99 ms from commit to a consumer" "order peak: $ORDER_PEAK orders/s" "from $FROM_WHAT to arrival at a consumer of shop.order.v1: p50 $P50 ms, p99 $P99 ms, max $MAX ms; to the record's timestamp (the relay's produce): p99 $TS_P99 ms; $SEEN OrderCreated events seen for $ORDERS_MADE orders; $PUBLISHED events published (ProductSold and OrderCreated) over ${SECS}s; load: $R_FIG"
 fi
 
@@ -616,15 +648,6 @@ if want e2e; then
   # Latency is measured once the consumer holds its partitions, not during the group join.
   until curl -s http://127.0.0.1:17281/ready | grep -q '"assigned":\[[0-9]'; do sleep 0.1; done
   curl -sf -X POST http://127.0.0.1:17280/api/v1/timestamp >/dev/null  # the producer id
-  # ticks_now FILE: CPU clock ticks used so far by every process, by pid.
-  # (A process may exit between the glob and the read: cat then fails, harmlessly.)
-  ticks_now() { { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{print $1, $14 + $15}' >"$1"; }
-  # ticks_used BEFORE AFTER PID...: ticks the processes used between two
-  # snapshots; a process started in between (a PostgreSQL backend) counts from zero.
-  ticks_used() {
-    local before=$1 after=$2; shift 2
-    awk -v list=" $* " 'NR == FNR {s[$1] = $2; next} index(list, " " $1 " ") {d += $2 - s[$1]} END {print d + 0}' "$before" "$after"
-  }
   case $BROKER in mock) BROKER_PIDS=$MOCK_PID ;; tansu) BROKER_PIDS=$TANSU_PID ;; *) BROKER_PIDS="" ;; esac
   SECONDS_PER_RATE=${DURATION%s}
   # From low to high, so that a backlog left by an overloaded run cannot
@@ -636,7 +659,7 @@ if want e2e; then
     /usr/bin/env time -f "%e %U %S" -o "$WORK/e2e-gen-$divisor.time" \
       "$TOOL" e2e http://127.0.0.1:17280 http://127.0.0.1:17281 "$rate" "$SECONDS_PER_RATE" "$sample_every" >"$WORK/e2e-$divisor.txt"
     ticks_now "$WORK/ticks-after"; i1=$(awk '/^cpu / {print $5}' /proc/stat) t1=$(date +%s.%N)
-    PG_PIDS=$(pgrep -u postgres -d ' ' || true)
+    PG_PIDS=$(pg_pids)
     c=$(ticks_used "$WORK/ticks-before" "$WORK/ticks-after" "$E2E_PID")
     p=$(ticks_used "$WORK/ticks-before" "$WORK/ticks-after" $PG_PIDS)
     b=$(ticks_used "$WORK/ticks-before" "$WORK/ticks-after" $BROKER_PIDS)
