@@ -80,7 +80,15 @@ fn main() {
             rate.parse().expect("rate"),
             seconds.parse().expect("seconds"),
         ),
-        ["orders", command, customer, products, clients, seconds, rate] => orders(
+        [
+            "orders",
+            command,
+            customer,
+            products,
+            clients,
+            seconds,
+            rate,
+        ] => orders(
             command,
             customer.parse().expect("customer"),
             products.parse().expect("products"),
@@ -318,7 +326,8 @@ fn steady(brokers: &str, topic: &str, rate: u64, seconds: u64) {
     let at = chrono::Utc::now();
     let mut sent = 0;
     while sent < total {
-        let due = ((u128::from(rate) * started.elapsed().as_micros() / 1_000_000) as u64).min(total);
+        let due =
+            ((u128::from(rate) * started.elapsed().as_micros() / 1_000_000) as u64).min(total);
         while sent < due {
             let command = TimestampCommand::new(at);
             let key = command.command_id.to_string();
@@ -418,8 +427,12 @@ fn orders(command: &str, customer: u64, products: u64, clients: u64, seconds: u6
         let mut tasks = tokio::task::JoinSet::new();
         if rate == 0 {
             for _ in 0..clients {
-                let (client, url, outcome, sequence) =
-                    (client.clone(), url.clone(), outcome.clone(), sequence.clone());
+                let (client, url, outcome, sequence) = (
+                    client.clone(),
+                    url.clone(),
+                    outcome.clone(),
+                    sequence.clone(),
+                );
                 tasks.spawn(async move {
                     while Instant::now() < deadline {
                         let n = sequence.fetch_add(1, Ordering::Relaxed);
