@@ -7,7 +7,7 @@
 #   loadtest/bench.sh --records 50000 --duration 20s --rounds 3
 #   loadtest/bench.sh --smoke              # tiny and quick, debug build (CI keeps it working)
 #   loadtest/bench.sh --only sink,rebuild  # some phases: ingest, keys, sink, rebuild, e2e, waiters,
-#                                          # pipeline, change, orders, relay
+#                                          # pipeline, change, orders, relay, replay
 #   loadtest/bench.sh --only e2e --peak 75000   # e2e without measuring the peak first
 #   loadtest/bench.sh --only relay --order-peak 900   # relay without measuring the order peak first
 #
@@ -30,6 +30,8 @@
 #            against pgbench running the same transaction on the same server
 #   relay    the outbox relay: a backlog of events published (against the raw
 #            produce rate), and commit → in the log at half the order peak
+#   replay   chronolog pipelines replay of the N preloaded records through the
+#            pipeline's filters into a new table, against COPY of its rows
 #
 # PostgreSQL is started here unless BENCH_DATABASE_URL names a server's
 # maintenance database. Prints a Markdown table; see loadtest/RESULTS.md.
@@ -61,8 +63,8 @@ done
 want() { [[ ",$PHASES," == *",$1,"* ]]; }
 for phase in ${PHASES//,/ }; do
   case $phase in
-    ingest | keys | sink | rebuild | e2e | waiters | pipeline | change | orders | relay) ;;
-    *) die "unknown phase $phase (ingest, keys, sink, rebuild, e2e, waiters, pipeline, change, orders, relay)" ;;
+    ingest | keys | sink | rebuild | e2e | waiters | pipeline | change | orders | relay | replay) ;;
+    *) die "unknown phase $phase (ingest, keys, sink, rebuild, e2e, waiters, pipeline, change, orders, relay, replay)" ;;
   esac
 done
 if want waiters && [[ ! $DURATION =~ ^[0-9]+s$ || ${DURATION%s} -ge 25 ]]; then
@@ -328,6 +330,37 @@ EOF
 FILTER_V1='.year = slice!(string!(.event_timestamp), 0, 4)'
 FILTER_V2='.year = to_int!(slice!(string!(.event_timestamp), 0, 4))'
 
+# replay_round ROUND: `chronolog pipelines replay` of the preloaded topic
+# through the pipeline's two filters into a new table of an empty database
+# (process start included), then raw COPY of the same rows into an identical
+# empty table; appends a line to replay-rounds.txt.
+replay_round() {
+  local db; db=$(migrated_db replay)
+  pipeline_file "$WORK/replay-$1.toml" "bench-replay-$1" "$T_SINK" bench_live "$FILTER_V1"
+  "$BIN" pipelines apply --database-url "$db" "$WORK/replay-$1.toml" >"$WORK/apply-replay-$1.log" 2>&1 \
+    || die "pipelines apply failed: $(tail -3 "$WORK/apply-replay-$1.log")"
+  local start seconds rows rate copy_seconds copy_rate
+  start=$(date +%s.%N)
+  "$BIN" pipelines replay --database-url "$db" "bench-replay-$1" --from earliest --sink-table bench_replay >"$WORK/replay-$1.log" 2>&1 &
+  APP_PID=$!
+  while kill -0 "$APP_PID" 2>/dev/null; do
+    REPLAY_RSS=$(max "$REPLAY_RSS" "$(peak_rss_mb "$APP_PID")")
+    sleep 0.1
+  done
+  wait "$APP_PID" || die "replay failed: $(tail -3 "$WORK/replay-$1.log")"
+  seconds=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.3f", e - s }')
+  rows=$(psql -qtA "$db" -c "SELECT count(*) FROM bench_replay WHERE doc->>'year' = left(doc->>'event_timestamp', 4)")
+  ((rows == RECORDS)) || die "replay wrote $rows rows with the filtered year, expected $RECORDS"
+  psql -q "$db" -c "\\copy bench_replay TO '$WORK/replay-rows.csv' CSV"
+  psql -q "$db" -c "CREATE TABLE bench_copy (LIKE bench_replay INCLUDING ALL)"
+  copy_seconds=$( { /usr/bin/env time -f %e psql -q "$db" -c "\\copy bench_copy FROM '$WORK/replay-rows.csv' CSV" ; } 2>&1 | tail -1 )
+  drop_db "$db"
+  rate=$(awk -v n="$rows" -v s="$seconds" 'BEGIN { printf "%.0f", n / s }')
+  copy_rate=$(awk -v n="$RECORDS" -v s="$copy_seconds" 'BEGIN { printf "%.0f", n / s }')
+  echo "$(ratio "$rate" "$copy_rate") $rate $copy_rate $seconds" >>"$WORK/replay-rounds.txt"
+  log "  round $1: COPY $copy_rate rows/s, replay $rate rows/s ($rows rows in ${seconds}s), ratio $(ratio "$rate" "$copy_rate")"
+}
+
 # pipeline_round ROUND VIEW_RATE: the pipeline over the preloaded topic into
 # an empty database (a consumer role whose view reads an empty topic);
 # appends a line to pipeline-rounds.txt.
@@ -378,7 +411,7 @@ rebuild_round() {
   log "  round $1: COPY $2 rows/s, rebuild $rate rows/s ($rows rows in ${seconds}s), ratio $(ratio "$rate" "$2")"
 }
 
-if want sink || want rebuild; then
+if want sink || want rebuild || want replay; then
   log "sink, rebuild and pipeline: $RECORDS records preloaded; $ROUNDS rounds of COPY, then the consumer, chronolog rebuild and a pipeline, each into an empty database"
   PRODUCE_RATE=$("$TOOL" preload "$KAFKA_BROKERS" "$T_SINK" "$RECORDS")
   RAW_CONSUME=$("$TOOL" consume "$KAFKA_BROKERS" "$T_SINK" "$RECORDS")
@@ -392,12 +425,14 @@ with open(sys.argv[2], 'w') as f:
   : >"$WORK/sink-rounds.txt"
   : >"$WORK/rebuild-rounds.txt"
   : >"$WORK/pipeline-rounds.txt"
-  SINK_RSS=0 REBUILD_RSS=0 PIPELINE_RSS=0
+  : >"$WORK/replay-rounds.txt"
+  SINK_RSS=0 REBUILD_RSS=0 PIPELINE_RSS=0 REPLAY_RSS=0
   for ((round = 1; round <= ROUNDS; round++)); do
     copy_rate=$(copy_round)
     if want sink; then sink_round "$round" "$copy_rate"; fi
     if want rebuild; then rebuild_round "$round" "$copy_rate"; fi
     if want pipeline; then pipeline_round "$round" "$SINK_RATE"; fi
+    if want replay; then replay_round "$round"; fi
   done
   if want sink; then
     read -r RATIO RATE COPY TOTAL < <(median_round "$WORK/sink-rounds.txt")
@@ -413,6 +448,11 @@ with open(sys.argv[2], 'w') as f:
     read -r RATIO RATE VIEW TOTAL FILTER CPU VIEW_CPU PG VIEW_PG < <(median_round "$WORK/pipeline-rounds.txt")
     row "Pipeline (2 VRL filters → PostgreSQL)" "$RATE rows/s" "timestamp view (sink): $VIEW rows/s" "ratio $RATIO (median of $ROUNDS rounds, each right after a sink round: $(ratios_of "$WORK/pipeline-rounds.txt")); filters $FILTER µs per record (chronolog_pipeline_filter_seconds, JSON decoding excluded); CPU per record: chronolog $CPU µs against $VIEW_CPU for the view, PostgreSQL $PG µs against $VIEW_PG; ${TOTAL}s incl. group join; every row has the filtered year"
     RSS+=("pipeline $PIPELINE_RSS MiB")
+  fi
+  if want replay; then
+    read -r RATIO RATE COPY SECS < <(median_round "$WORK/replay-rounds.txt")
+    row "Replay (chronolog pipelines replay)" "$RATE rows/s" "COPY of its rows: $COPY rows/s" "ratio $RATIO (median of $ROUNDS alternating rounds: $(ratios_of "$WORK/replay-rounds.txt")); $RECORDS records through the two filters into a new table in ${SECS}s, process start included; every row has the filtered year"
+    RSS+=("replay $REPLAY_RSS MiB")
   fi
 fi
 
