@@ -237,6 +237,20 @@ pub struct Settings {
     #[arg(long, env = "CHRONOLOG_FAULT_PANIC_AT", value_name = "PARTITION:OFFSET", value_parser = fault_point, hide = true)]
     pub fault_panic_at: Option<(i32, i64)>,
 
+    /// Bearer token of the admin API (`/admin/pipelines`), served on the
+    /// query port and on `CONSUMER_ADDR` only when set: requests must carry
+    /// `Authorization: Bearer <token>`. At least 16 visible ASCII
+    /// characters. Never logged. Unset (the default): the admin routes
+    /// answer 404 like any unknown route.
+    #[arg(
+        long,
+        env = "ADMIN_TOKEN",
+        value_name = "ADMIN_TOKEN",
+        value_parser = AdminTokenParser,
+        hide_env_values = true
+    )]
+    pub admin_token: Option<Secret>,
+
     /// How long the command side remembers an `Idempotency-Key`: a retry
     /// within this time gets the first answer's id.
     #[arg(long, env = "IDEMPOTENCY_KEY_TTL", value_name = "IDEMPOTENCY_KEY_TTL", default_value = "24h", value_parser = duration)]
@@ -550,6 +564,47 @@ impl clap::builder::TypedValueParser for DatabaseUrlParser {
     }
 }
 
+/// Shortest `ADMIN_TOKEN` accepted.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+/// Parses `ADMIN_TOKEN`: at least [`MIN_ADMIN_TOKEN`] visible ASCII
+/// characters (it travels in an HTTP header). Its error does not quote the
+/// value, which clap's own would.
+#[derive(Clone)]
+struct AdminTokenParser;
+
+impl clap::builder::TypedValueParser for AdminTokenParser {
+    type Value = Secret;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Secret, clap::Error> {
+        let name = arg.map_or_else(|| "ADMIN_TOKEN".to_owned(), |a| a.to_string());
+        let invalid = |why: &str| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for '{name}' (not shown: it is a secret): {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| invalid("not UTF-8"))?;
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                "use visible ASCII characters only (no spaces or control characters)",
+            ));
+        }
+        if text.len() < MIN_ADMIN_TOKEN {
+            return Err(invalid(&format!(
+                "use at least {MIN_ADMIN_TOKEN} characters"
+            )));
+        }
+        Ok(Secret::from(text.to_owned()))
+    }
+}
+
 /// `KAFKA_SSL_CA_LOCATION`: a readable PEM file holding at least one
 /// certificate, or a directory of them (librdkafka accepts both).
 fn ca_location(value: &str) -> Result<PathBuf, String> {
@@ -647,10 +702,28 @@ mod tests {
             "KAFKA_OPTION_SSL_KEY_PASSWORD".to_owned(),
             "hunter2-option".to_owned(),
         )]);
+        settings.admin_token = Some(Secret::from("hunter2-admin-token".to_owned()));
         let shown = format!("{settings:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("ssl.key.password=***"), "{shown}");
         assert!(shown.contains("postgres://app:***@h/db"), "{shown}");
+    }
+
+    #[test]
+    fn admin_token_errors_name_the_variable_but_not_the_value() {
+        assert_eq!(parse(&[]).unwrap().admin_token, None);
+        let token = parse(&["--admin-token", "hunter2-admin-token"])
+            .unwrap()
+            .admin_token
+            .expect("set");
+        assert_eq!(token.expose(), "hunter2-admin-token");
+        for bad in ["hunter2-short", "hunter2 with spaces in it"] {
+            let error = parse(&["--admin-token", bad])
+                .expect_err("refused")
+                .to_string();
+            assert!(error.contains("ADMIN_TOKEN"), "{error}");
+            assert!(!error.contains("hunter2"), "{error}");
+        }
     }
 
     #[test]

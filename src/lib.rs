@@ -30,6 +30,7 @@ pub mod offsets;
 pub mod outbox;
 pub mod pipelines;
 pub mod rebuild;
+pub mod replay;
 pub mod shop;
 pub mod startup;
 pub mod telemetry;

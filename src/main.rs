@@ -104,6 +104,40 @@ enum PipelinesCommand {
         #[arg(value_name = "NAME")]
         name: String,
     },
+    /// Runs a pipeline's current definition (or the one in --definition)
+    /// over a time range of its topics into another sink, with a consumer
+    /// group of its own, while the live pipeline goes on; shows progress and
+    /// exits 0 at --to, or at the high watermarks taken when it started.
+    #[command(group(clap::ArgGroup::new("sink").required(true).args(["sink_table", "sink_topic", "sink_file"])))]
+    Replay {
+        #[command(flatten)]
+        settings: Settings,
+        /// The pipeline.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The first record: `earliest`, or the first at or after an RFC 3339 instant (log time).
+        #[arg(long, value_name = "earliest|RFC3339", default_value = "earliest", value_parser = chronolog::replay::parse_from)]
+        from: chronolog::replay::From,
+        /// The records before this RFC 3339 instant (log time); default: up to the end of the log now.
+        #[arg(long, value_name = "RFC3339", value_parser = chronolog::replay::parse_instant)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// A TOML file with the pipeline's definition to run instead of the stored one (its version is written as 0).
+        #[arg(long, value_name = "FILE")]
+        definition: Option<std::path::PathBuf>,
+        /// Write into this PostgreSQL table (created when absent).
+        #[arg(long, value_name = "TABLE")]
+        sink_table: Option<String>,
+        /// Write to this Kafka topic.
+        #[arg(long, value_name = "TOPIC")]
+        sink_topic: Option<String>,
+        /// Append JSON lines to this file.
+        #[arg(long, value_name = "PATH")]
+        sink_file: Option<String>,
+        /// The replay's consumer group; default `chronolog-pipeline-<name>-replay-<random>`.
+        /// Give an earlier run's group to resume it.
+        #[arg(long, value_name = "GROUP_ID")]
+        group_id: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,6 +223,49 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            Command::Pipelines {
+                action:
+                    PipelinesCommand::Replay {
+                        settings,
+                        name,
+                        from,
+                        to,
+                        definition,
+                        sink_table,
+                        sink_topic,
+                        sink_file,
+                        group_id,
+                    },
+            } => {
+                use chronolog::pipelines::Sink;
+                let sink = match (sink_table, sink_topic, sink_file) {
+                    (Some(table), _, _) => Sink::Postgres { table, key: None },
+                    (_, Some(topic), _) => Sink::Kafka { topic, key: None },
+                    (_, _, Some(path)) => Sink::File { path },
+                    (None, None, None) => unreachable!("clap requires one sink"),
+                };
+                let suffix = uuid::Uuid::new_v4().simple().to_string();
+                let options = chronolog::replay::ReplayOptions {
+                    group_id: group_id.unwrap_or_else(|| {
+                        format!(
+                            "{}-replay-{}",
+                            chronolog::engine::pipeline_manager::group_id(&name),
+                            &suffix[..12]
+                        )
+                    }),
+                    name,
+                    range: chronolog::engine::replay::Range { from: from.0, to },
+                    definition,
+                    sink,
+                };
+                tracing::info!(group_id = options.group_id, "replay group");
+                let records = chronolog::replay::pipelines_replay(&settings, &options).await?;
+                eprintln!(
+                    "replay finished: {records} records (group {})",
+                    options.group_id
+                );
+                Ok(())
+            }
             Command::Pipelines { action } => {
                 if let Err(error) = pipelines(action).await {
                     eprintln!("Error: {error:#}");
@@ -228,6 +305,7 @@ async fn pipelines(
             let version = command::delete(&settings.database_url, &name).await?;
             println!("{name}: deleted v{version}");
         }
+        PipelinesCommand::Replay { .. } => unreachable!("replay is run by main"),
     }
     Ok(())
 }

@@ -75,6 +75,10 @@ pub struct Metrics {
     pub pipeline_filter_seconds: HistogramVec,
     /// The version each pipeline runs (absent once it is deleted).
     pub pipeline_version: IntGaugeVec,
+    /// Records of each pipeline's topics its group has not committed yet.
+    pub pipeline_lag_records: IntGaugeVec,
+    /// Requests of the query API waiting for a record (`Prefer: wait`).
+    pub query_waiting_requests: IntGauge,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -278,6 +282,17 @@ impl Metrics {
                 ),
                 &["pipeline"],
             )?,
+            pipeline_lag_records: IntGaugeVec::new(
+                Opts::new(
+                    "pipeline_lag_records",
+                    "Records of a pipeline's topics its consumer group has not committed yet.",
+                ),
+                &["pipeline"],
+            )?,
+            query_waiting_requests: IntGauge::new(
+                "query_waiting_requests",
+                "Requests of the query API waiting for their record to reach the view (Prefer: wait).",
+            )?,
             registry,
         };
         m.register()?;
@@ -319,6 +334,8 @@ impl Metrics {
         r.register(Box::new(self.pipeline_records.clone()))?;
         r.register(Box::new(self.pipeline_filter_seconds.clone()))?;
         r.register(Box::new(self.pipeline_version.clone()))?;
+        r.register(Box::new(self.pipeline_lag_records.clone()))?;
+        r.register(Box::new(self.query_waiting_requests.clone()))?;
         Ok(())
     }
 

@@ -323,29 +323,41 @@ impl Application {
         if has(Role::Query) {
             let pool = crate::db::pool(&settings.database_url, settings.database_pool_size);
             let commits = readiness.partitions.as_ref().map(|group| group.commits());
-            let (watcher, watching) =
-                http::wait::ViewWatcher::start(pool.clone(), commits, http::wait::TICK);
+            let (watcher, watching) = http::wait::ViewWatcher::start(
+                pool.clone(),
+                commits,
+                http::wait::TICK,
+                Some(metrics.query_waiting_requests.clone()),
+            );
             let waits = actix_web::web::Data::from(watcher.clone());
             let pool = actix_web::web::Data::new(pool);
             let ready = readiness.clone();
-            let mut server =
-                http::bind(settings.query_addr, "query", metrics.clone(), move |cfg| {
+            let admin = http::admin::Admin::new(settings, app.pipelines.clone());
+            let mut server = http::bind_with_admin(
+                settings.query_addr,
+                "query",
+                metrics.clone(),
+                admin,
+                move |cfg| {
                     cfg.app_data(pool.clone())
                         .app_data(waits.clone())
                         .app_data(actix_web::web::Data::new(ready.clone()))
                         .configure(http::query::routes);
-                })
-                .with_context(|| format!("QUERY_ADDR: cannot listen on {}", settings.query_addr))?;
+                },
+            )
+            .with_context(|| format!("QUERY_ADDR: cannot listen on {}", settings.query_addr))?;
             server.watch_view(watcher, watching);
             server.spawn();
             app.query = Some(server);
         }
         if roles.len() == 1 && has(Role::Consumer) {
             let ready = readiness.clone();
-            let mut server = http::bind(
+            let admin = http::admin::Admin::new(settings, app.pipelines.clone());
+            let mut server = http::bind_with_admin(
                 settings.consumer_addr,
                 "consumer",
                 metrics.clone(),
+                admin,
                 move |cfg| {
                     cfg.app_data(actix_web::web::Data::new(ready.clone()));
                 },

@@ -24,6 +24,8 @@
 //!   topic, a file).
 //! * [`pipeline_manager`]: the actor that runs the stored pipelines and
 //!   follows their changes.
+//! * [`replay`]: a consumer over a range of the log into a sink, to a
+//!   finish line (`rebuild`, `pipelines replay`).
 //! * [`status`]: what the partitions are doing, for `/ready`, `Prefer: wait`
 //!   and the rebuild's finish line.
 //!
@@ -38,6 +40,7 @@ pub mod partition_consumer;
 pub mod pg_sink;
 pub mod pipeline;
 pub mod pipeline_manager;
+pub mod replay;
 pub mod shop_views;
 pub mod sink;
 pub mod status;

@@ -63,16 +63,40 @@ pub struct PipelineState {
     name: String,
     current: RwLock<Arc<Compiled>>,
     metrics: Arc<Metrics>,
+    /// A replay's end per topic and partition: records at or past it are
+    /// dropped (the replay's consumer reads on until every partition is
+    /// done). Empty for a live pipeline.
+    ends: RwLock<HashMap<(String, i32), i64>>,
 }
 
 impl PipelineState {
     /// A pipeline running `compiled`.
     pub fn new(name: &str, compiled: Compiled, metrics: Arc<Metrics>) -> Arc<Self> {
+        // Every outcome's series exists from the start, at 0.
+        for outcome in ["in", "out", "dropped", "failed"] {
+            metrics.pipeline_records.with_label_values(&[name, outcome]);
+        }
         Arc::new(Self {
             name: name.to_owned(),
             current: RwLock::new(Arc::new(compiled)),
             metrics,
+            ends: RwLock::default(),
         })
+    }
+
+    /// Makes this a replay that ends at `ends` (per topic and partition,
+    /// the first offset not to process).
+    pub fn end_at(&self, ends: HashMap<(String, i32), i64>) {
+        *self.ends.write().unwrap_or_else(|p| p.into_inner()) = ends;
+    }
+
+    /// Whether the record at `offset` is past the replay's end.
+    fn past_end(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        let ends = self.ends.read().unwrap_or_else(|p| p.into_inner());
+        !ends.is_empty()
+            && ends
+                .get(&(topic.to_owned(), partition))
+                .is_none_or(|&end| offset >= end)
     }
 
     /// The pipeline's name.
@@ -114,6 +138,17 @@ impl PipelineState {
         message: &BorrowedMessage<'_>,
         headers: &RecordHeaders,
     ) -> Result<Processed, DecodeError> {
+        if self.past_end(message.topic(), message.partition(), message.offset()) {
+            return Ok(Processed {
+                version: self.version(),
+                source: Source {
+                    topic: message.topic().to_owned(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                },
+                output: None,
+            });
+        }
         self.count("in");
         let result = self.run(message, headers);
         match &result {

@@ -41,6 +41,8 @@ use crate::pipelines::{Definition, Sink as SinkDefinition, Start};
 
 /// How often the stored definitions are checked for a change.
 pub const POLL: Duration = Duration::from_millis(500);
+/// How often each pipeline's lag is measured.
+const LAG_EVERY: Duration = Duration::from_secs(2);
 
 /// The consumer group of pipeline `name`.
 pub fn group_id(name: &str) -> String {
@@ -73,6 +75,8 @@ pub struct PipelineManager {
     seen: i64,
     /// A check is in flight.
     checking: bool,
+    /// A lag measurement is in flight.
+    measuring: bool,
     running: HashMap<String, Running>,
 }
 
@@ -92,6 +96,7 @@ impl PipelineManager {
             metrics,
             seen: -1,
             checking: false,
+            measuring: false,
             running: HashMap::new(),
         }
     }
@@ -262,6 +267,7 @@ impl PipelineManager {
             futures::future::join_all(running.groups.into_iter().map(ConsumerGroup::stop)).await;
             // Gone once nothing of it runs any more.
             let _ = metrics.pipeline_version.remove_label_values(&[&name]);
+            let _ = metrics.pipeline_lag_records.remove_label_values(&[&name]);
             tracing::info!(pipeline = name, version, why, "pipeline stopped");
         });
     }
@@ -312,6 +318,45 @@ impl Actor for PipelineManager {
                     Ok(None) => {}
                     Err(error) => {
                         tracing::warn!(%error, "cannot read the pipelines' definitions; retrying")
+                    }
+                }
+            }));
+        });
+        ctx.run_interval(LAG_EVERY, |act, ctx| {
+            if act.measuring || act.running.is_empty() {
+                return;
+            }
+            act.measuring = true;
+            let settings = act.settings.clone();
+            let pipelines: Vec<(String, Vec<String>)> = act
+                .running
+                .iter()
+                .map(|(name, r)| (name.clone(), r.definition.topics.clone()))
+                .collect();
+            let measure = tokio::task::spawn_blocking(move || {
+                pipelines
+                    .into_iter()
+                    .map(|(name, topics)| {
+                        let lag = crate::kafka::lag::group_lag(&settings, &group_id(&name), &topics);
+                        (name, lag)
+                    })
+                    .collect::<Vec<_>>()
+            });
+            ctx.spawn(measure.into_actor(act).map(|measured, act, _ctx| {
+                act.measuring = false;
+                for (name, lag) in measured.unwrap_or_default() {
+                    match lag {
+                        // Only pipelines still running: a deleted one's
+                        // gauge is gone with it.
+                        Ok(records) if act.running.contains_key(&name) => act
+                            .metrics
+                            .pipeline_lag_records
+                            .with_label_values(&[&name])
+                            .set(records),
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::debug!(pipeline = name, %error, "cannot measure the pipeline's lag")
+                        }
                     }
                 }
             }));

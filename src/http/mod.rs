@@ -1,5 +1,5 @@
-//! HTTP servers: the command API, the query API and the operations
-//! endpoints, with the middleware and error mapping they share.
+//! HTTP servers: the command API, the query API, the operations
+//! endpoints and the admin API ([`admin`]), with the middleware and error mapping they share.
 //!
 //! Every server bounds what a client can hold:
 //!
@@ -15,6 +15,7 @@
 //!   for as long as it keeps the connection open.
 
 pub mod accounts;
+pub mod admin;
 pub mod command;
 pub mod error;
 pub mod middleware;
@@ -123,12 +124,31 @@ pub fn bind<F>(
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
+    bind_with_admin(addr, name, metrics, None, configure)
+}
+
+/// [`bind`], plus the admin routes when `admin` is given (`ADMIN_TOKEN` is
+/// set): served and documented only then.
+pub fn bind_with_admin<F>(
+    addr: SocketAddr,
+    name: &'static str,
+    metrics: Arc<Metrics>,
+    admin: Option<admin::Admin>,
+    configure: F,
+) -> std::io::Result<RunningServer>
+where
+    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+{
     let listener = TcpListener::bind(addr)?;
     socket2::SockRef::from(&listener).set_tcp_user_timeout(Some(WRITE_TIMEOUT))?;
     let addr = listener.local_addr()?;
     let metrics = web::Data::from(metrics);
-    let document = web::Data::new(openapi::Document(openapi::document(name).into()));
+    let document = web::Data::new(openapi::Document(
+        openapi::document(name, admin.is_some()).into(),
+    ));
+    let admin = admin.map(web::Data::new);
     let server = HttpServer::new(move || {
+        let admin = admin.clone();
         App::new()
             .app_data(metrics.clone())
             .app_data(document.clone())
@@ -136,6 +156,11 @@ where
                 ApiError::BadRequest(format!("malformed path: {err}")).into()
             }))
             .configure(configure.clone())
+            .configure(move |cfg| {
+                if let Some(admin) = admin {
+                    admin::routes(cfg, admin);
+                }
+            })
             .configure(ops::routes)
             .default_service(web::to(route_not_found))
             .wrap(actix_web::middleware::from_fn(middleware::observe))

@@ -2,7 +2,8 @@
 //! `#[utoipa::path]` attributes and served at `GET /openapi.json`.
 //!
 //! Every port serves the operations endpoints; the command port adds the
-//! command routes, the query port the query routes. A test checks that the
+//! command routes, the query port the query routes, and the query and
+//! consumer ports the admin routes when `ADMIN_TOKEN` is set. A test checks that the
 //! document names exactly the routes a port serves and that real answers
 //! match its schemas.
 
@@ -11,7 +12,7 @@ use std::collections::BTreeMap;
 use actix_web::{HttpResponse, web};
 use utoipa::OpenApi;
 
-use crate::http::{accounts, command, ops, query, shop, shop_query};
+use crate::http::{accounts, admin, command, ops, query, shop, shop_query};
 
 /// The JSON error every 4xx and 5xx answer of chronolog's own carries.
 #[derive(utoipa::ToSchema)]
@@ -230,9 +231,49 @@ struct ShopDoc;
 )]
 struct QueryDoc;
 
+#[derive(OpenApi)]
+#[openapi(
+    paths(admin::list, admin::get, admin::put, admin::delete, admin::history),
+    components(schemas(
+        admin::PipelineList,
+        admin::PipelineView,
+        admin::PartitionView,
+        admin::Records,
+        admin::AppliedView,
+        admin::History,
+        admin::VersionView,
+        admin::PipelineDefinitionSchema,
+        admin::SinkSchema,
+        admin::AdminErrorSchema,
+    )),
+    modifiers(&AdminToken),
+    tags((name = "admin", description = "Pipelines: served only when ADMIN_TOKEN is set, with `Authorization: Bearer <ADMIN_TOKEN>`")),
+)]
+struct AdminDoc;
+
+/// The `admin_token` security scheme: `Authorization: Bearer <ADMIN_TOKEN>`.
+struct AdminToken;
+
+impl utoipa::Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("ADMIN_TOKEN"))
+                    .build(),
+            ),
+        );
+    }
+}
+
 /// The document of the server called `server` (`command`, `query` or
-/// `consumer`), as JSON.
-pub fn document(server: &str) -> String {
+/// `consumer`), as JSON; with the admin routes when `admin` (they are
+/// served only when `ADMIN_TOKEN` is set).
+pub fn document(server: &str, admin: bool) -> String {
     let mut doc = OperationsDoc::openapi();
     match server {
         "command" => {
@@ -241,6 +282,9 @@ pub fn document(server: &str) -> String {
         }
         "query" => doc.merge(QueryDoc::openapi()),
         _ => {}
+    }
+    if admin {
+        doc.merge(AdminDoc::openapi());
     }
     doc.info.description = Some(format!(
         "chronolog's {server} port: commands go into a Kafka topic, the golden record; \

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use prometheus::IntGauge;
 use tokio::sync::{Notify, oneshot, watch};
 use uuid::Uuid;
 
@@ -58,18 +59,37 @@ struct Waiting {
     count: usize,
     /// Released for good: the server is stopping.
     released: bool,
+    /// Shows `count` (`chronolog_query_waiting_requests`), when given.
+    gauge: Option<IntGauge>,
 }
 
 impl Waiting {
+    fn add(&mut self, n: usize) {
+        self.count += n;
+        self.show();
+    }
+
+    fn sub(&mut self, n: usize) {
+        self.count -= n;
+        self.show();
+    }
+
+    fn show(&self) {
+        if let Some(gauge) = &self.gauge {
+            gauge.set(i64::try_from(self.count).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Drops the waiters of `id` that gave up.
     fn prune(&mut self, id: &Uuid) {
         if let Some(senders) = self.by_id.get_mut(id) {
             let before = senders.len();
             senders.retain(|s| !s.is_closed());
-            self.count -= before - senders.len();
-            if senders.is_empty() {
+            let (gone, empty) = (before - senders.len(), senders.is_empty());
+            if empty {
                 self.by_id.remove(id);
             }
+            self.sub(gone);
         }
     }
 }
@@ -78,14 +98,19 @@ impl ViewWatcher {
     /// Starts the watcher's loop on the current actix system. `commits`
     /// changes at each batch commit of this process's consumer group (none
     /// in a process without the consumer role); `tick` is how often it looks
-    /// besides. Abort the returned task to stop it.
+    /// besides; `gauge`, when given, shows how many requests wait. Abort
+    /// the returned task to stop it.
     pub fn start(
         pool: Pool,
         commits: Option<watch::Receiver<u64>>,
         tick: Duration,
+        gauge: Option<IntGauge>,
     ) -> (Arc<Self>, tokio::task::AbortHandle) {
         let watcher = Arc::new(Self {
-            waiting: Mutex::default(),
+            waiting: Mutex::new(Waiting {
+                gauge,
+                ..Waiting::default()
+            }),
             arrived: Notify::new(),
             pool,
             looks: AtomicU64::new(0),
@@ -105,7 +130,7 @@ impl ViewWatcher {
                 return None;
             }
             waiting.by_id.entry(id).or_default().push(sender);
-            waiting.count += 1;
+            waiting.add(1);
         }
         self.arrived.notify_one();
         Some(Waiter {
@@ -122,7 +147,8 @@ impl ViewWatcher {
         let mut waiting = self.lock();
         waiting.released = true;
         waiting.by_id.clear();
-        waiting.count = 0;
+        let all = waiting.count;
+        waiting.sub(all);
     }
 
     /// Requests waiting now.
@@ -179,7 +205,7 @@ impl ViewWatcher {
                 gone += before - senders.len();
                 !senders.is_empty()
             });
-            waiting.count -= gone;
+            waiting.sub(gone);
             waiting.by_id.keys().copied().collect()
         };
         if ids.is_empty() {
@@ -210,7 +236,7 @@ impl ViewWatcher {
         let mut waiting = self.lock();
         for record in found {
             if let Some(senders) = waiting.by_id.remove(&record.id) {
-                waiting.count -= senders.len();
+                waiting.sub(senders.len());
                 for sender in senders {
                     // A waiter that gave up meanwhile has dropped its receiver.
                     let _ = sender.send(record.clone());

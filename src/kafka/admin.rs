@@ -18,6 +18,7 @@ use rdkafka::admin::{
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Settings;
 use crate::kafka::{TracingContext, base_config, topic_partitions};
@@ -271,6 +272,33 @@ pub fn watermarks(
         .into_iter()
         .map(|p| Ok((p, client.fetch_watermarks(topic, p, METADATA_TIMEOUT)?)))
         .collect()
+}
+
+/// The first offset at or after `millis` (log time) of each partition of
+/// `topic`; `None` for a partition with no record that late.
+pub fn offsets_for_time(
+    settings: &Settings,
+    topic: &str,
+    millis: i64,
+) -> Result<BTreeMap<i32, Option<i64>>, KafkaError> {
+    let client: BaseConsumer<TracingContext> =
+        base_config(settings).create_with_context(TracingContext)?;
+    let mut query = TopicPartitionList::new();
+    for partition in topic_partitions(&client, topic, METADATA_TIMEOUT)? {
+        query.add_partition_offset(topic, partition, Offset::Offset(millis))?;
+    }
+    let found = client.offsets_for_times(query, METADATA_TIMEOUT)?;
+    Ok(found
+        .elements_for_topic(topic)
+        .iter()
+        .map(|e| {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            (e.partition(), offset)
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -102,25 +102,58 @@ impl Drop for LagMonitor {
     }
 }
 
+/// Records of `topics` that group `group_id` has not committed yet (a
+/// partition it never committed counts from the log's start): one
+/// measurement, blocking, for the pipelines' lag.
+pub fn group_lag(
+    settings: &Settings,
+    group_id: &str,
+    topics: &[String],
+) -> Result<i64, KafkaError> {
+    let offsets: BaseConsumer<TracingContext> = base_config(settings)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .create_with_context(TracingContext)?;
+    let mut total = 0;
+    for topic in topics {
+        total += positions(&offsets, topic)?
+            .values()
+            .map(|(next, high)| high - next)
+            .sum::<i64>();
+    }
+    Ok(total)
+}
+
+/// Per partition of `topic`: the next offset the group of `offsets` has
+/// committed (the log's start when none) and the high watermark.
+fn positions(
+    offsets: &BaseConsumer<TracingContext>,
+    topic: &str,
+) -> Result<BTreeMap<i32, (i64, i64)>, KafkaError> {
+    let partitions = topic_partitions(offsets, topic, REQUEST_TIMEOUT)?;
+    let mut query = TopicPartitionList::new();
+    for &p in &partitions {
+        query.add_partition(topic, p);
+    }
+    let committed = offsets.committed_offsets(query, REQUEST_TIMEOUT)?;
+    let mut behind = BTreeMap::new();
+    for &p in &partitions {
+        let (low, high) = offsets.fetch_watermarks(topic, p, REQUEST_TIMEOUT)?;
+        let next = match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o.max(low),
+            _ => low,
+        };
+        behind.insert(p, (next.min(high), high));
+    }
+    Ok(behind)
+}
+
 impl Probe {
     fn measure(&self) -> Result<BTreeMap<i32, PartitionLag>, KafkaError> {
-        let partitions = topic_partitions(&self.offsets, &self.topic, REQUEST_TIMEOUT)?;
-        let mut query = TopicPartitionList::new();
-        for &p in &partitions {
-            query.add_partition(&self.topic, p);
-        }
-        let committed = self.offsets.committed_offsets(query, REQUEST_TIMEOUT)?;
         let mut behind = BTreeMap::new();
         let mut lags = BTreeMap::new();
-        for &p in &partitions {
-            let (low, high) = self
-                .offsets
-                .fetch_watermarks(&self.topic, p, REQUEST_TIMEOUT)?;
-            let next = match committed.find_partition(&self.topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o.max(low),
-                _ => low,
-            };
-            let records = (high - next).max(0);
+        for (p, (next, high)) in positions(&self.offsets, &self.topic)? {
+            let records = high - next;
             if records > 0 {
                 behind.insert(p, next);
             }

@@ -329,10 +329,15 @@ pub async fn produce_raw(
 
 /// Every record of `topic`, read from the beginning up to the high watermarks.
 pub async fn read_topic(topic: &str) -> Vec<OwnedMessage> {
-    let topic = topic.to_owned();
+    read_topic_at(&brokers(), topic).await
+}
+
+/// [`read_topic`] on the broker at `bootstrap` (a mock cluster).
+pub async fn read_topic_at(bootstrap: &str, topic: &str) -> Vec<OwnedMessage> {
+    let (topic, bootstrap) = (topic.to_owned(), bootstrap.to_owned());
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", bootstrap)
             .set("group.id", unique("inspector"))
             .set("enable.auto.commit", "false")
             .create()

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, create_database, settings};
 
 /// Every route of each port, as `METHOD path`: the API's contract.
-const OPERATIONS: [&str; 4] = [
+pub const OPERATIONS: [&str; 4] = [
     "get /health",
     "get /ready",
     "get /metrics",
@@ -29,7 +29,7 @@ const COMMAND: [&str; 11] = [
     "post /api/v1/orders",
     "delete /api/v1/orders/{id}",
 ];
-const QUERY: [&str; 6] = [
+pub const QUERY: [&str; 6] = [
     "get /api/v1/timestamp/{id}",
     "get /orders/list",
     "get /orders/order/{customerId}",
@@ -38,7 +38,7 @@ const QUERY: [&str; 6] = [
     "get /api/v1/products/{id}/sales",
 ];
 
-async fn document(http: &reqwest::Client, base: &str) -> Value {
+pub async fn document(http: &reqwest::Client, base: &str) -> Value {
     let response = http
         .get(format!("{base}/openapi.json"))
         .send()
@@ -52,7 +52,7 @@ async fn document(http: &reqwest::Client, base: &str) -> Value {
     response.json().await.expect("JSON")
 }
 
-fn operations(doc: &Value) -> BTreeSet<String> {
+pub fn operations(doc: &Value) -> BTreeSet<String> {
     doc["paths"]
         .as_object()
         .expect("paths")
@@ -68,7 +68,7 @@ fn operations(doc: &Value) -> BTreeSet<String> {
 
 /// Validates the document with the reference validator of the OpenAPI
 /// Initiative's schemas.
-fn validate_document(doc: &Value) {
+pub fn validate_document(doc: &Value) {
     let dir = std::env::temp_dir().join(crate::helpers::unique("openapi"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("openapi.json");
@@ -99,7 +99,7 @@ fn validate_document(doc: &Value) {
 /// `$ref`, `allOf`, `type` (one or several), `properties`, `required`, `format`
 /// (`uuid`, `date-time`), `additionalProperties`, `items`. Returns the
 /// first mismatch.
-fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+pub fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
     if let Some(reference) = schema["$ref"].as_str() {
         let name = reference
             .strip_prefix("#/components/schemas/")

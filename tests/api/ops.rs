@@ -129,6 +129,17 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
         app.query_url().trim_start_matches("http://").to_owned(),
     ])
     .await;
+    // A pipeline, for the pipelines row.
+    crate::pipeline_run::apply(
+        &app,
+        serde_json::json!({
+            "name": crate::helpers::unique("dash"),
+            "topics": [app.settings.kafka_topic],
+            "filters": [".n = 1"],
+            "sink": {"type": "postgres", "table": crate::helpers::unique("dash").replace('-', "_")},
+        }),
+    )
+    .await;
     // Load: commands, reads, and a few refusals.
     let ids = post_many(&app, 300, Arc::default()).await;
     for id in ids.iter().take(20) {

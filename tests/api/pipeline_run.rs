@@ -14,11 +14,11 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::accounts::header;
-use crate::helpers::{TestApp, eventually, post_many, read_topic, unique};
+use crate::helpers::{TestApp, eventually, post_many, produce_raw, read_topic, unique};
 
 /// Stores `definition` as the operator's `pipelines apply` does; answers
 /// the version stored.
-async fn apply(app: &TestApp, definition: Value) -> i32 {
+pub async fn apply(app: &TestApp, definition: Value) -> i32 {
     let definition = Definition::from_json(definition).expect("a valid definition");
     let mut conn = AsyncPgConnection::establish(app.settings.database_url.expose())
         .await
@@ -77,11 +77,11 @@ fn name() -> String {
 #[actix_rt::test]
 async fn a_filter_that_drops_and_one_that_adds_a_field_are_applied_row_by_row() {
     let app = TestApp::spawn().await;
-    let table = table();
+    let (pipeline, table) = (name(), table());
     let version = apply(
         &app,
         json!({
-            "name": name(),
+            "name": pipeline,
             "topics": [app.settings.kafka_topic],
             "filters": [
                 "if starts_with(string!(.event_timestamp), \"19\") { abort }",
@@ -123,7 +123,18 @@ async fn a_filter_that_drops_and_one_that_adds_a_field_are_applied_row_by_row() 
         assert_eq!(row.pipeline_version, 1);
     }
     let metrics = app.metrics().render();
-    assert!(metrics.contains("outcome=\"dropped\"") && metrics.contains("pipeline_records_total"));
+    for (outcome, count) in [("in", 5), ("out", 3), ("dropped", 2), ("failed", 0)] {
+        let series = format!(
+            "chronolog_pipeline_records_total{{outcome=\"{outcome}\",pipeline=\"{pipeline}\"}} {count}\n"
+        );
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
+    // The group commits what the table holds: its lag comes down to 0.
+    let caught_up = format!("chronolog_pipeline_lag_records{{pipeline=\"{pipeline}\"}} 0\n");
+    eventually("the pipeline's lag is 0", || async {
+        app.metrics().render().contains(&caught_up).then_some(())
+    })
+    .await;
     app.stop().await;
 }
 
@@ -279,4 +290,455 @@ async fn a_deleted_pipeline_stops_writing_and_keeps_its_table() {
     let kept = rows(&app, &table).await;
     assert_eq!(kept.len(), 1, "nothing written after the delete: {kept:?}");
     app.stop().await;
+}
+
+/// `chronolog pipelines replay ARGS` against the app's database and broker.
+async fn replay(app: &TestApp, args: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(crate::helpers::BIN);
+    command
+        .args(["pipelines", "replay"])
+        .args(args)
+        .env("DATABASE_URL", app.settings.database_url.expose())
+        .env("KAFKA_BROKERS", &app.settings.kafka_brokers)
+        .env("LOG_LEVEL", "warn");
+    tokio::task::spawn_blocking(move || command.output().expect("replay runs"))
+        .await
+        .expect("replay thread")
+}
+
+/// The rows of `table` as (key, doc, source position, version).
+async fn contents(app: &TestApp, table: &str) -> Vec<(String, Value, String, i32)> {
+    rows(app, table)
+        .await
+        .into_iter()
+        .map(|r| {
+            (
+                r.key,
+                serde_json::from_str(&r.doc).unwrap(),
+                format!(
+                    "{}:{}:{}",
+                    r.source_topic, r.source_partition, r.source_offset
+                ),
+                r.pipeline_version,
+            )
+        })
+        .collect()
+}
+
+#[actix_rt::test]
+async fn a_replay_into_a_new_table_equals_the_live_pipeline_and_a_new_definition_is_tried_on_the_side()
+ {
+    let app = TestApp::spawn().await;
+    let (pipeline, live) = (name(), table());
+    let filters = [
+        "if starts_with(string!(.event_timestamp), \"19\") { abort }",
+        ".year = slice!(string!(.event_timestamp), 0, 4)",
+    ];
+    apply(
+        &app,
+        json!({
+            "name": pipeline,
+            "topics": [app.settings.kafka_topic],
+            "filters": filters,
+            "sink": {"type": "postgres", "table": live, "key": ".command_id"},
+        }),
+    )
+    .await;
+    let stamps = [
+        "2001-01-01T00:00:00Z",
+        "1990-05-05T05:05:05Z",
+        "2012-12-12T12:12:12Z",
+        "1969-07-20T20:17:40Z",
+        "2026-12-04T10:00:00Z",
+    ];
+    for at in stamps {
+        app.accept(Some(at)).await;
+    }
+    eventually("the live table holds the kept records", || async {
+        (rows(&app, &live).await.len() == 3).then_some(())
+    })
+    .await;
+
+    // The stored definition, replayed from the start into another table.
+    let copy = table();
+    let output = replay(
+        &app,
+        &[&pipeline, "--from", "earliest", "--sink-table", &copy],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("replay: 5/5 records (100.0%)"), "{stderr}");
+    assert_eq!(contents(&app, &copy).await, contents(&app, &live).await);
+
+    // A new definition from a file, on the side: recomputed, version 0, the
+    // live pipeline untouched.
+    let file = std::env::temp_dir().join(format!("{pipeline}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "[[pipeline]]\nname = \"{pipeline}\"\ntopics = [\"{}\"]\nfilters = ['.decade = slice!(string!(.event_timestamp), 0, 3) + \"0s\"']\n[pipeline.sink]\ntype = \"postgres\"\ntable = \"{live}\"\nkey = \".command_id\"\n",
+            app.settings.kafka_topic
+        ),
+    )
+    .unwrap();
+    let tried = table();
+    let output = replay(
+        &app,
+        &[
+            &pipeline,
+            "--definition",
+            file.to_str().unwrap(),
+            "--sink-table",
+            &tried,
+        ],
+    )
+    .await;
+    std::fs::remove_file(&file).unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let recomputed = contents(&app, &tried).await;
+    assert_eq!(recomputed.len(), stamps.len());
+    let mut decades: Vec<String> = recomputed
+        .iter()
+        .map(|(_, doc, _, version)| {
+            assert_eq!(*version, 0);
+            doc["decade"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    decades.sort();
+    assert_eq!(decades, ["1960s", "1990s", "2000s", "2010s", "2020s"]);
+    assert_eq!(
+        rows(&app, &live).await.len(),
+        3,
+        "the live pipeline is untouched"
+    );
+
+    // A time range: one record per partition before an instant, one after;
+    // --from takes the later ones only, --to the earlier ones only.
+    let command = |at: &str| {
+        let id = Uuid::new_v4().to_string();
+        (
+            id.clone(),
+            json!({"command_id": id, "event_timestamp": at}).to_string(),
+        )
+    };
+    let topic = app.settings.kafka_topic.clone();
+    let mut before = Vec::new();
+    for partition in 0..app.settings.kafka_partitions {
+        let (id, value) = command("2003-03-03T03:03:03Z");
+        produce_raw(&topic, Some(partition), Some(&id), value.as_bytes(), None).await;
+        before.push(id);
+    }
+    let instant = chrono::Utc::now() + chrono::Duration::milliseconds(5);
+    while chrono::Utc::now() <= instant {
+        tokio::task::yield_now().await;
+    }
+    let mut after = Vec::new();
+    for partition in 0..app.settings.kafka_partitions {
+        let (id, value) = command("2004-04-04T04:04:04Z");
+        produce_raw(&topic, Some(partition), Some(&id), value.as_bytes(), None).await;
+        after.push(id);
+    }
+    let instant = instant.to_rfc3339();
+    for (flag, expected) in [("--from", &after), ("--to", &before)] {
+        let ranged = table();
+        let mut args = vec![
+            pipeline.as_str(),
+            flag,
+            instant.as_str(),
+            "--sink-table",
+            &ranged,
+        ];
+        if flag == "--to" {
+            // Only the records of this part: those at or after the kept ones.
+            args.extend(["--from", "2000-01-01T00:00:00Z"]);
+        }
+        let output = replay(&app, &args).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        let mut keys: Vec<String> = contents(&app, &ranged)
+            .await
+            .into_iter()
+            .map(|(key, ..)| key)
+            .filter(|key| before.contains(key) || after.contains(key))
+            .collect();
+        keys.sort();
+        let mut expected = expected.clone();
+        expected.sort();
+        assert_eq!(keys, expected, "{flag} {instant}: {stderr}");
+    }
+
+    // No sink, or two: refused before anything runs.
+    let refused = replay(&app, &[&pipeline]).await;
+    assert_eq!(refused.status.code(), Some(2));
+    app.stop().await;
+}
+
+/// The JSON lines of a file sink.
+fn lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is whole JSON"))
+        .collect()
+}
+
+#[actix_rt::test]
+async fn file_and_kafka_sinks_hold_every_record_after_consumers_are_killed_mid_stream() {
+    use chronolog::config::Role;
+    use rdkafka::mocking::MockCluster;
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let mut settings = crate::helpers::settings(&crate::helpers::create_database().await);
+    settings.kafka_brokers = mock.bootstrap_servers();
+    settings.kafka_session_timeout = std::time::Duration::from_secs(4);
+    for topic in [settings.kafka_topic.clone(), settings.dead_letter_topic()] {
+        mock.create_topic(&topic, 3, 1).expect("topic");
+    }
+    let out = format!("{}.out", settings.kafka_topic);
+    mock.create_topic(&out, 3, 1).expect("topic");
+    let front = TestApp::spawn_with(settings.clone(), &[Role::Command]).await;
+    apply(
+        &front,
+        json!({
+            "name": name(),
+            "topics": [settings.kafka_topic],
+            "sink": {"type": "kafka", "topic": out},
+        }),
+    )
+    .await;
+    let path = std::env::temp_dir().join(format!("{}.jsonl", name()));
+    apply(
+        &front,
+        json!({
+            "name": name(),
+            "topics": [settings.kafka_topic],
+            "filters": [".seen = true"],
+            "sink": {"type": "file", "path": path.to_str().unwrap()},
+        }),
+    )
+    .await;
+    let mut ids = HashSet::new();
+    for round in 0..3 {
+        let mut child = crate::helpers::spawn_consumer_process(&settings);
+        let before = lines(&path).len();
+        let kill = async {
+            eventually(&format!("consumer {round} writes the file"), || async {
+                (lines(&path).len() > before).then_some(())
+            })
+            .await;
+            let pause = std::time::Duration::from_millis((Uuid::new_v4().as_u128() % 200) as u64);
+            tokio::time::sleep(pause).await;
+            child.kill();
+        };
+        let (chunk, ()) = futures::join!(post_many(&front, 500, Arc::default()), kill);
+        ids.extend(chunk);
+    }
+    assert_eq!(ids.len(), 1500);
+    let mut last = crate::helpers::spawn_consumer_process(&settings);
+    let expected: HashSet<String> = ids.iter().map(Uuid::to_string).collect();
+    let written = eventually("every record in the file", || async {
+        let written = lines(&path);
+        let seen: HashSet<String> = written
+            .iter()
+            .filter_map(|l| l["doc"]["command_id"].as_str().map(str::to_owned))
+            .collect();
+        expected.is_subset(&seen).then_some(written)
+    })
+    .await;
+    // The topic: every record at least once, a duplicate is the same
+    // output with the same source position.
+    use rdkafka::Message as _;
+    let copies = eventually("every record in the output topic", || async {
+        let copies = crate::helpers::read_topic_at(&settings.kafka_brokers, &out).await;
+        let seen: HashSet<String> = copies
+            .iter()
+            .filter_map(|m| serde_json::from_slice::<Value>(m.payload()?).ok())
+            .filter_map(|v| v["command_id"].as_str().map(str::to_owned))
+            .collect();
+        expected.is_subset(&seen).then_some(copies)
+    })
+    .await;
+    let mut by_position: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    for copy in &copies {
+        let position = header(copy, "chronolog-source").unwrap();
+        let value = copy.payload().unwrap().to_vec();
+        if let Some(earlier) = by_position.insert(position, value.clone()) {
+            assert_eq!(earlier, value, "a duplicate is the same record");
+        }
+    }
+    assert_eq!(by_position.len(), expected.len());
+    last.kill();
+    front.stop().await;
+    // At least once: a record written twice is the same line twice, told
+    // apart from others by its source position.
+    let mut by_source: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
+    for line in &written {
+        assert_eq!(line["doc"]["seen"], true);
+        assert_eq!(line["pipeline_version"], 1);
+        let source = line["source"].as_str().unwrap().to_owned();
+        assert!(source.starts_with(&format!("{}:", settings.kafka_topic)));
+        if let Some(earlier) = by_source.insert(source, line.clone()) {
+            assert_eq!(&earlier, line, "a duplicate is the same record");
+        }
+    }
+    assert_eq!(
+        by_source.len(),
+        expected.len(),
+        "one source position per record"
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[actix_rt::test]
+async fn a_kafka_sink_keys_and_labels_every_output_record() {
+    let app = TestApp::spawn().await;
+    let out = format!("{}.out", app.settings.kafka_topic);
+    chronolog::kafka::admin::ensure_named_topics(&app.settings, std::slice::from_ref(&out))
+        .await
+        .unwrap();
+    let pipeline = name();
+    apply(
+        &app,
+        json!({
+            "name": pipeline,
+            "topics": [app.settings.kafka_topic],
+            "filters": [".kind = \"copy\""],
+            "sink": {"type": "kafka", "topic": out, "key": ".command_id"},
+        }),
+    )
+    .await;
+    let mut ids = HashSet::new();
+    for _ in 0..5 {
+        ids.insert(app.accept(None).await.to_string());
+    }
+    let records = eventually("every output record", || async {
+        let records = read_topic(&out).await;
+        (records.len() >= ids.len()).then_some(records)
+    })
+    .await;
+    use rdkafka::Message as _;
+    let mut seen = HashSet::new();
+    for record in &records {
+        let key = String::from_utf8(record.key().unwrap().to_vec()).unwrap();
+        let value: Value = serde_json::from_slice(record.payload().unwrap()).unwrap();
+        assert_eq!(value["command_id"], json!(key));
+        assert_eq!(value["kind"], "copy");
+        let source = header(record, "chronolog-source").unwrap();
+        assert!(
+            source.starts_with(&format!("{}:", app.settings.kafka_topic)),
+            "{source}"
+        );
+        assert_eq!(
+            header(record, "chronolog-pipeline"),
+            Some(format!("{pipeline}:1"))
+        );
+        assert!(
+            header(record, "correlationId").is_some(),
+            "source headers are kept"
+        );
+        seen.insert(key);
+    }
+    assert_eq!(seen, ids);
+    app.stop().await;
+}
+
+/// `chronolog_pipeline_records_total{outcome="in"}` of `pipeline` in `metrics`.
+fn records_in(metrics: &chronolog::metrics::Metrics, pipeline: &str) -> u64 {
+    metrics
+        .pipeline_records
+        .with_label_values(&[pipeline, "in"])
+        .get()
+}
+
+/// Two consumers of the pipeline's group (two applications with their own
+/// clients, in this test's process).
+#[actix_rt::test]
+async fn two_consumers_split_a_pipeline_and_both_take_a_change_and_refuse_a_bad_one() {
+    use chronolog::config::Role;
+    let settings = crate::helpers::settings(&crate::helpers::create_database().await);
+    let front = TestApp::spawn_with(settings.clone(), &[Role::Command, Role::Query]).await;
+    let first = crate::helpers::start_consumer(&settings).await;
+    let second = crate::helpers::start_consumer(&settings).await;
+    let (pipeline, table) = (name(), table());
+    let definition = |filter: &str| {
+        json!({
+            "name": pipeline,
+            "topics": [settings.kafka_topic],
+            "filters": [filter],
+            "sink": {"type": "postgres", "table": table, "key": ".command_id"},
+        })
+    };
+    let running = |version: i64| {
+        let (a, b) = (first.metrics(), second.metrics());
+        let pipeline = pipeline.clone();
+        move || {
+            let (a, b, pipeline) = (a.clone(), b.clone(), pipeline.clone());
+            async move {
+                let at = |m: &chronolog::metrics::Metrics| {
+                    m.pipeline_version.with_label_values(&[&pipeline]).get()
+                };
+                (at(&a) == version && at(&b) == version).then_some(())
+            }
+        }
+    };
+    assert_eq!(apply(&front, definition(".v = 1")).await, 1);
+    eventually("both processes run v1", running(1)).await;
+
+    // Records until both processes have read some: the group's partitions
+    // are split between them.
+    let early = std::sync::Mutex::new(HashSet::new());
+    eventually("both processes process records", || async {
+        let chunk = post_many(&front, 30, Arc::default()).await;
+        early.lock().unwrap().extend(chunk);
+        (records_in(&first.metrics(), &pipeline) > 0
+            && records_in(&second.metrics(), &pipeline) > 0)
+            .then_some(())
+    })
+    .await;
+    let mut ids = early.into_inner().unwrap();
+    assert_eq!(apply(&front, definition(".v = 2")).await, 2);
+    eventually("both processes run v2", running(2)).await;
+    ids.extend(post_many(&front, 300, Arc::default()).await);
+
+    // A filter that does not compile is refused by the operator's command
+    // (exit 2, located) and changes nothing: v2 goes on in both.
+    let file = std::env::temp_dir().join(format!("{pipeline}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "[[pipeline]]\nname = \"{pipeline}\"\ntopics = [\"{}\"]\nfilters = ['.v = 3', '.w = upcase(.missing)']\n[pipeline.sink]\ntype = \"postgres\"\ntable = \"{table}\"\nkey = \".command_id\"\n",
+            settings.kafka_topic
+        ),
+    )
+    .unwrap();
+    let refused = std::process::Command::new(crate::helpers::BIN)
+        .args(["pipelines", "apply", file.to_str().unwrap()])
+        .env("DATABASE_URL", settings.database_url.expose())
+        .env("LOG_LEVEL", "error")
+        .output()
+        .unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("filters[1]:1:"), "{stderr}");
+    ids.extend(post_many(&front, 30, Arc::default()).await);
+
+    let expected: HashSet<String> = ids.iter().map(Uuid::to_string).collect();
+    let written = eventually("every record in the table", || async {
+        let written = rows(&front, &table).await;
+        (written.len() >= expected.len()).then_some(written)
+    })
+    .await;
+    let keys: HashSet<String> = written.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(keys, expected, "every record exactly once");
+    let versions: HashSet<i32> = written.iter().map(|r| r.pipeline_version).collect();
+    assert_eq!(versions, HashSet::from([1, 2]), "v3 never ran");
+    eventually("both still run v2", running(2)).await;
+    first.stop().await;
+    second.stop().await;
+    front.stop().await;
 }

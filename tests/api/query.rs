@@ -11,7 +11,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{DEADLINE, TestApp, create_database, produce_raw, settings, start_consumer};
+use crate::helpers::{
+    DEADLINE, TestApp, create_database, eventually, produce_raw, settings, start_consumer,
+};
 
 #[actix_rt::test]
 async fn ids_that_are_not_uuids_are_400_and_unknown_ids_404() {
@@ -334,16 +336,26 @@ async fn prefer_wait_is_cut_to_30_seconds_and_a_malformed_one_is_400() {
 
 #[actix_rt::test]
 async fn a_stopping_server_answers_its_waiting_requests_at_once() {
-    let app = TestApp::spawn().await;
+    // The query role alone: with every role in the process, a starved
+    // machine sometimes sees the waiting connection closed unanswered at
+    // stop (README, known limits).
+    let app = TestApp::spawn_with(settings(&create_database().await), &[Role::Query]).await;
     let http = reqwest::Client::new();
     let base = app.query_url();
     let mut waiter = std::pin::pin!(get_waiting(&http, &base, Uuid::new_v4(), "wait=30"));
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), waiter.as_mut())
-            .await
-            .is_err(),
-        "a request for an unknown id waits"
-    );
+    // The server holds the request (not merely: it has not answered yet,
+    // which a request still in the accept queue would not either).
+    let metrics = app.metrics();
+    let held = async {
+        eventually("the request waits in the server", || async {
+            (metrics.query_waiting_requests.get() == 1).then_some(())
+        })
+        .await
+    };
+    tokio::select! {
+        () = held => {}
+        answer = waiter.as_mut() => panic!("a request for an unknown id waits, got {answer:?}"),
+    }
     let started = Instant::now();
     let ((status, _, body, _), ()) = futures::join!(waiter, app.stop());
     assert_eq!(status, 404);
@@ -386,7 +398,7 @@ async fn the_watcher_looks_up_every_waiting_id_in_one_query_per_commit() {
     let (url, pool) = fresh_view().await;
     let (commit, commits) = tokio::sync::watch::channel(0u64);
     // A tick of an hour: only the commit signal can wake anyone here.
-    let (watcher, task) = ViewWatcher::start(pool, Some(commits), Duration::from_secs(3600));
+    let (watcher, task) = ViewWatcher::start(pool, Some(commits), Duration::from_secs(3600), None);
     let ids: Vec<Uuid> = (0..200).map(|_| Uuid::new_v4()).collect();
     let mut waiters: Vec<_> = ids
         .iter()
@@ -414,7 +426,7 @@ async fn the_watcher_looks_up_every_waiting_id_in_one_query_per_commit() {
 #[actix_rt::test]
 async fn the_watcher_without_commit_signal_looks_on_its_tick_only_while_someone_waits() {
     let (url, pool) = fresh_view().await;
-    let (watcher, task) = ViewWatcher::start(pool, None, Duration::from_millis(50));
+    let (watcher, task) = ViewWatcher::start(pool, None, Duration::from_millis(50), None);
     let id = Uuid::new_v4();
     let mut waiter = watcher.wait_for(id).unwrap();
     insert_rows(&url, &[id]).await;

@@ -1,7 +1,7 @@
 //! Passwords never leave chronolog: the real binary runs with a
 //! password-protected database URL, a SASL password and a secret
-//! `KAFKA_OPTION_*` value, in working and failing configurations, and none
-//! of them may appear on stdout, stderr, `/ready` or an error body.
+//! `KAFKA_OPTION_*` value and an `ADMIN_TOKEN`, in working and failing
+//! configurations, and none of them may appear on stdout, stderr, `/ready` or an error body.
 
 use crate::helpers::{brokers, eventually, unique};
 use crate::secure_rig::{Chronolog, TlsBroker, TlsPostgres};
@@ -29,6 +29,7 @@ struct Rig {
     broker: TlsBroker,
     sasl_password: String,
     option_secret: String,
+    admin_token: String,
 }
 
 impl Rig {
@@ -39,6 +40,7 @@ impl Rig {
             broker: TlsBroker::start(Some(("chronolog", &sasl_password))),
             sasl_password,
             option_secret: unique("option-secret"),
+            admin_token: unique("admin-secret"),
         }
     }
 
@@ -47,6 +49,7 @@ impl Rig {
             self.pg.password.clone(),
             self.sasl_password.clone(),
             self.option_secret.clone(),
+            self.admin_token.clone(),
         ])
     }
 
@@ -83,6 +86,7 @@ impl Rig {
             ("KAFKA_OPTION_DEBUG", "security,conf".into()),
             ("LOG_LEVEL", "debug".into()),
             ("DRAIN_TIMEOUT", "2s".into()),
+            ("ADMIN_TOKEN", self.admin_token.clone()),
         ]
     }
 }
@@ -152,6 +156,25 @@ async fn a_working_configuration_never_shows_a_password() {
     let bad_time = fetch(&http, true, format!("{command}/api/v1/timestamp/yesterday")).await;
     assert!(bad_time.starts_with("400 "), "{bad_time}");
     shown.extend([bad_id, bad_time]);
+    // The admin API, with the token and with a wrong one.
+    for (token, status) in [
+        (rig.admin_token.as_str(), "200 "),
+        ("wrong-admin-token", "401 "),
+    ] {
+        let response = http
+            .get(format!("{query}/admin/pipelines"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("chronolog answers");
+        let answer = format!(
+            "{} {}",
+            response.status().as_u16(),
+            response.text().await.expect("body")
+        );
+        assert!(answer.starts_with(status), "{answer}");
+        shown.push(answer);
+    }
 
     // The database goes away: /ready reports it, the writer logs it.
     rig.pg.stop();
@@ -199,7 +222,11 @@ async fn failing_configurations_never_show_a_password() {
         rig.secrets()
             .0
             .into_iter()
-            .chain(["wrong-pg-secret".into(), "ss-pg-secret".into()])
+            .chain([
+                "wrong-pg-secret".into(),
+                "ss-pg-secret".into(),
+                "short-admin-sec".into(),
+            ])
             .collect(),
     );
 
@@ -236,6 +263,12 @@ async fn failing_configurations_never_show_a_password() {
             with(&env, &[("KAFKA_OPTION_ACKS", &rig.option_secret)]),
             1,
             "Error: KAFKA_OPTION_ACKS: librdkafka refuses `acks` (value not shown): Invalid value for configuration property \"request.required.acks\"".into(),
+        ),
+        (
+            "an admin token too short",
+            with(&env, &[("ADMIN_TOKEN", "short-admin-sec")]),
+            2,
+            "error: invalid value for '--admin-token <ADMIN_TOKEN>' (not shown: it is a secret): use at least 16 characters".into(),
         ),
         (
             "a wrong SASL password",
