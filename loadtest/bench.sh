@@ -41,7 +41,7 @@ source "$(dirname "$0")/../scripts/lib.sh"
 cd "$CHRONOLOG_ROOT"
 
 RECORDS=200000 DURATION=10s BROKER=mock PROFILE=release CONNECTIONS=128 K6_RATE=2000 ROUNDS=5 E2E_MAX_RATE=1000000
-PHASES=ingest,keys,sink,rebuild,e2e,waiters,pipeline,change,orders,relay PEAK="" WAITERS=200
+PHASES=ingest,keys,sink,rebuild,e2e,waiters,pipeline,change,orders,relay,replay PEAK="" WAITERS=200
 CHANGE_RATE=5000 CHANGE_SECONDS=20 ORDER_CLIENTS=32 ORDER_PRODUCTS=100 ORDER_PEAK="" RELAY_EVENTS=100000
 while (($#)); do
   case $1 in
