@@ -412,7 +412,7 @@ rebuild_round() {
 }
 
 if want sink || want rebuild || want replay; then
-  log "sink, rebuild and pipeline: $RECORDS records preloaded; $ROUNDS rounds of COPY, then the consumer, chronolog rebuild and a pipeline, each into an empty database"
+  log "sink, rebuild, pipeline and replay: $RECORDS records preloaded; $ROUNDS rounds of COPY, then those wanted of the consumer, chronolog rebuild, a pipeline and its replay, each into an empty database"
   PRODUCE_RATE=$("$TOOL" preload "$KAFKA_BROKERS" "$T_SINK" "$RECORDS")
   RAW_CONSUME=$("$TOOL" consume "$KAFKA_BROKERS" "$T_SINK" "$RECORDS")
   python3 -c "
