@@ -83,6 +83,7 @@ as_pg() {
 
 # start_postgres DIR: a throwaway cluster in DIR on a free port. Sets PG_PORT
 # and exports DATABASE_URL (the server's `postgres` database).
+# PG_OPTIONS: more server options ("-c name=value ...").
 start_postgres() {
   local dir=$1
   PG_DIR="$dir/pg"
@@ -92,7 +93,7 @@ start_postgres() {
   as_pg initdb -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 --no-instructions >"$dir/initdb.log" 2>&1 \
     || die "initdb failed: $(tail -5 "$dir/initdb.log")"
   as_pg pg_ctl -D "$PG_DIR/data" -l "$dir/postgres.log" -w -t 60 start \
-    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=${PG_FSYNC:-on}" >/dev/null \
+    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=${PG_FSYNC:-on} ${PG_OPTIONS:-}" >/dev/null \
     || die "PostgreSQL did not start: $(tail -5 "$dir/postgres.log")"
   export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
   log "PostgreSQL on 127.0.0.1:$PG_PORT (log: $dir/postgres.log)"
