@@ -593,14 +593,17 @@ pub fn spawn_consumer_process(settings: &Settings) -> ChildProcess {
 /// A consumer-only `chronolog serve` process with `settings` and extra
 /// environment variables.
 pub fn spawn_consumer_process_with(settings: &Settings, env: &[(&str, &str)]) -> ChildProcess {
+    spawn_consumer_process_at(settings, "127.0.0.1:0", env)
+}
+
+/// [`spawn_consumer_process_with`], its operations endpoints on `addr`.
+pub fn spawn_consumer_process_at(
+    settings: &Settings,
+    addr: &str,
+    env: &[(&str, &str)],
+) -> ChildProcess {
     let child = std::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--role",
-            "consumer",
-            "--consumer-addr",
-            "127.0.0.1:0",
-        ])
+        .args(["serve", "--role", "consumer", "--consumer-addr", addr])
         .env("DATABASE_URL", settings.database_url.expose())
         .env("KAFKA_BROKERS", &settings.kafka_brokers)
         .env("KAFKA_TOPIC", &settings.kafka_topic)

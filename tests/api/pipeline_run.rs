@@ -646,23 +646,35 @@ async fn a_kafka_sink_keys_and_labels_every_output_record() {
     app.stop().await;
 }
 
-/// `chronolog_pipeline_records_total{outcome="in"}` of `pipeline` in `metrics`.
-fn records_in(metrics: &chronolog::metrics::Metrics, pipeline: &str) -> u64 {
-    metrics
-        .pipeline_records
-        .with_label_values(&[pipeline, "in"])
-        .get()
+/// The value of the series `series` (name and labels as rendered) in the
+/// metrics at `addr`; 0 when absent or unreachable.
+async fn scrape(http: &reqwest::Client, addr: &str, series: &str) -> f64 {
+    let Ok(response) = http.get(format!("http://{addr}/metrics")).send().await else {
+        return 0.0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
-/// Two consumers of the pipeline's group (two applications with their own
-/// clients, in this test's process).
+/// A free port on the loopback interface.
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// Two consumer processes in the pipeline's group.
 #[actix_rt::test]
-async fn two_consumers_split_a_pipeline_and_both_take_a_change_and_refuse_a_bad_one() {
+async fn two_consumer_processes_split_a_pipeline_and_both_take_a_change_and_refuse_a_bad_one() {
     use chronolog::config::Role;
     let settings = crate::helpers::settings(&crate::helpers::create_database().await);
     let front = TestApp::spawn_with(settings.clone(), &[Role::Command, Role::Query]).await;
-    let first = crate::helpers::start_consumer(&settings).await;
-    let second = crate::helpers::start_consumer(&settings).await;
+    let addrs = [free_addr(), free_addr()];
+    let mut processes: Vec<_> = addrs
+        .iter()
+        .map(|addr| crate::helpers::spawn_consumer_process_at(&settings, addr, &[]))
+        .collect();
     let (pipeline, table) = (name(), table());
     let definition = |filter: &str| {
         json!({
@@ -672,21 +684,26 @@ async fn two_consumers_split_a_pipeline_and_both_take_a_change_and_refuse_a_bad_
             "sink": {"type": "postgres", "table": table, "key": ".command_id"},
         })
     };
-    let running = |version: i64| {
-        let (a, b) = (first.metrics(), second.metrics());
-        let pipeline = pipeline.clone();
+    let http = reqwest::Client::new();
+    let version = format!("chronolog_pipeline_version{{pipeline=\"{pipeline}\"}}");
+    let records_in =
+        format!("chronolog_pipeline_records_total{{outcome=\"in\",pipeline=\"{pipeline}\"}}");
+    let running = |v: f64| {
+        let (http, version, addrs) = (http.clone(), version.clone(), addrs.clone());
         move || {
-            let (a, b, pipeline) = (a.clone(), b.clone(), pipeline.clone());
+            let (http, version, addrs) = (http.clone(), version.clone(), addrs.clone());
             async move {
-                let at = |m: &chronolog::metrics::Metrics| {
-                    m.pipeline_version.with_label_values(&[&pipeline]).get()
-                };
-                (at(&a) == version && at(&b) == version).then_some(())
+                for addr in &addrs {
+                    if scrape(&http, addr, &version).await != v {
+                        return None;
+                    }
+                }
+                Some(())
             }
         }
     };
     assert_eq!(apply(&front, definition(".v = 1")).await, 1);
-    eventually("both processes run v1", running(1)).await;
+    eventually("both processes run v1", running(1.0)).await;
 
     // Records until both processes have read some: the group's partitions
     // are split between them.
@@ -694,14 +711,14 @@ async fn two_consumers_split_a_pipeline_and_both_take_a_change_and_refuse_a_bad_
     eventually("both processes process records", || async {
         let chunk = post_many(&front, 30, Arc::default()).await;
         early.lock().unwrap().extend(chunk);
-        (records_in(&first.metrics(), &pipeline) > 0
-            && records_in(&second.metrics(), &pipeline) > 0)
-            .then_some(())
+        let first = scrape(&http, &addrs[0], &records_in).await;
+        let second = scrape(&http, &addrs[1], &records_in).await;
+        (first > 0.0 && second > 0.0).then_some(())
     })
     .await;
     let mut ids = early.into_inner().unwrap();
     assert_eq!(apply(&front, definition(".v = 2")).await, 2);
-    eventually("both processes run v2", running(2)).await;
+    eventually("both processes run v2", running(2.0)).await;
     ids.extend(post_many(&front, 300, Arc::default()).await);
 
     // A filter that does not compile is refused by the operator's command
@@ -737,8 +754,16 @@ async fn two_consumers_split_a_pipeline_and_both_take_a_change_and_refuse_a_bad_
     assert_eq!(keys, expected, "every record exactly once");
     let versions: HashSet<i32> = written.iter().map(|r| r.pipeline_version).collect();
     assert_eq!(versions, HashSet::from([1, 2]), "v3 never ran");
-    eventually("both still run v2", running(2)).await;
-    first.stop().await;
-    second.stop().await;
+    eventually("both still run v2", running(2.0)).await;
+    // Stopped as an operator does (tansu does not survive a killed client).
+    for process in &mut processes {
+        let pid = process.child().id().to_string();
+        let term = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        assert!(term.unwrap().success());
+        let exit = crate::helpers::wait_for_exit(process.child()).await;
+        assert!(exit.success(), "{exit}");
+    }
     front.stop().await;
 }
