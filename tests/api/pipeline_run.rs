@@ -767,3 +767,42 @@ async fn two_consumer_processes_split_a_pipeline_and_both_take_a_change_and_refu
     }
     front.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_pipeline_reads_several_topics_into_one_sink() {
+    let app = TestApp::spawn().await;
+    let other = format!("{}.other", app.settings.kafka_topic);
+    chronolog::kafka::admin::ensure_named_topics(&app.settings, std::slice::from_ref(&other))
+        .await
+        .unwrap();
+    let table = table();
+    apply(
+        &app,
+        json!({
+            "name": name(),
+            "topics": [app.settings.kafka_topic, other],
+            "filters": [".from = %topic"],
+            "sink": {"type": "postgres", "table": table},
+        }),
+    )
+    .await;
+    let command = app.accept(None).await.to_string();
+    let (partition, offset) = produce_raw(&other, Some(1), None, br#"{"reading": 42}"#, None).await;
+    let written = eventually("a row from each topic", || async {
+        let written = contents(&app, &table).await;
+        (written.len() == 2).then_some(written)
+    })
+    .await;
+    let from_other = written
+        .iter()
+        .find(|(_, doc, ..)| doc["reading"] == 42)
+        .expect("the other topic's record");
+    assert_eq!(from_other.0, format!("{other}:{partition}:{offset}"));
+    assert_eq!(from_other.1, json!({"reading": 42, "from": other}));
+    let from_commands = written
+        .iter()
+        .find(|(_, doc, ..)| doc["command_id"] == json!(command))
+        .expect("the command topic's record");
+    assert_eq!(from_commands.1["from"], json!(app.settings.kafka_topic));
+    app.stop().await;
+}
