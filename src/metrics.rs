@@ -70,8 +70,8 @@ pub struct Metrics {
     /// Records of each pipeline, by outcome: `in` (read), `out` (written
     /// to the sink), `dropped` (a filter aborted), `failed` (dead-lettered).
     pub pipeline_records: IntCounterVec,
-    /// Time the filters of a pipeline take per record (JSON decoding
-    /// included).
+    /// Time the filters of a pipeline take per record (the record's JSON
+    /// already decoded).
     pub pipeline_filter_seconds: HistogramVec,
     /// The version each pipeline runs (absent once it is deleted).
     pub pipeline_version: IntGaugeVec,
@@ -270,7 +270,7 @@ impl Metrics {
             pipeline_filter_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     "pipeline_filter_seconds",
-                    "Time a pipeline's filters take per record, JSON decoding included.",
+                    "Time a pipeline's filters take per record (the record's JSON already decoded).",
                 )
                 .buckets(exponential_buckets(0.000_000_5, 2.0, 20).unwrap_or_default()),
                 &["pipeline"],

@@ -58,6 +58,9 @@ pub struct Projector<S: Sink> {
     arbiter: ArbiterHandle,
     status: Arc<GroupStatus>,
     partitions: Mutex<HashMap<i32, Addr<PartitionConsumer<S>>>>,
+    /// Partitions with no position yet start at the log's end, and that
+    /// end is committed at once ([`Membership::SubscribeAtEnd`]).
+    at_end: bool,
 }
 
 impl<S: Sink> RebalanceHandler for Projector<S> {
@@ -91,7 +94,10 @@ impl<S: Sink> Projector<S> {
             .iter()
             .map(|e| e.partition())
             .collect();
-        let stored = self.stored_offsets();
+        let mut stored = self.stored_offsets();
+        if self.at_end {
+            self.anchor_at_end(&consumer, &partitions, &mut stored);
+        }
         for &partition in &partitions {
             if let Some(&next) = stored.get(&partition)
                 && let Err(error) =
@@ -137,6 +143,64 @@ impl<S: Sink> Projector<S> {
         }
         self.status.set_assigned(started.keys().copied());
         tracing::info!(?partitions, stored_offsets = ?stored, "partitions assigned");
+    }
+
+    /// For a group that starts at the log's end: each partition with no
+    /// position (none stored by the sink, none committed in Kafka) starts
+    /// at its high watermark, and that offset is committed now, so that a
+    /// restart before the first batch resumes there instead of at a later
+    /// end (which would skip what arrived in between).
+    fn anchor_at_end(
+        &self,
+        consumer: &GroupConsumer<S>,
+        partitions: &[i32],
+        stored: &mut HashMap<i32, i64>,
+    ) {
+        let unknown: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !stored.contains_key(p))
+            .collect();
+        if unknown.is_empty() {
+            return;
+        }
+        let mut query = TopicPartitionList::new();
+        for &p in &unknown {
+            query.add_partition(&self.topic, p);
+        }
+        let committed = match consumer.committed_offsets(query, OFFSET_LOOKUP_TIMEOUT) {
+            Ok(committed) => committed,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read committed offsets to anchor the start at the log's end");
+                return;
+            }
+        };
+        let mut anchors = TopicPartitionList::new();
+        for p in unknown {
+            let known = committed
+                .find_partition(&self.topic, p)
+                .is_some_and(|e| matches!(e.offset(), Offset::Offset(_)));
+            if known {
+                continue;
+            }
+            match consumer.fetch_watermarks(&self.topic, p, OFFSET_LOOKUP_TIMEOUT) {
+                Ok((_, high)) => {
+                    stored.insert(p, high);
+                    let _ = anchors.add_partition_offset(&self.topic, p, Offset::Offset(high));
+                }
+                Err(error) => {
+                    tracing::warn!(partition = p, %error, "cannot read the log's end to anchor the start")
+                }
+            }
+        }
+        if anchors.count() > 0 {
+            match consumer.commit(&anchors, rdkafka::consumer::CommitMode::Sync) {
+                Ok(()) => {
+                    tracing::info!(anchors = ?stored, "new partitions start at the log's end, committed")
+                }
+                Err(error) => tracing::warn!(%error, "cannot commit the log's end as the start"),
+            }
+        }
     }
 
     /// Drains every partition consumer, then gives the partitions up through `unassign`.
@@ -297,6 +361,7 @@ impl ConsumerGroup {
             arbiter: arbiter.handle(),
             status: status.clone(),
             partitions: Mutex::new(HashMap::new()),
+            at_end: membership == Membership::SubscribeAtEnd,
         });
         let mut config = consumer_config(settings, group_id);
         if membership == Membership::SubscribeAtEnd {
