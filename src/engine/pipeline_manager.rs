@@ -77,6 +77,8 @@ pub struct PipelineManager {
     checking: bool,
     /// A lag measurement is in flight.
     measuring: bool,
+    /// Dead-letter topics created (or being created) for pipelines' topics.
+    dead_letter_topics: std::collections::HashSet<String>,
     running: HashMap<String, Running>,
 }
 
@@ -97,6 +99,7 @@ impl PipelineManager {
             seen: -1,
             checking: false,
             measuring: false,
+            dead_letter_topics: std::collections::HashSet::new(),
             running: HashMap::new(),
         }
     }
@@ -295,35 +298,45 @@ impl PipelineManager {
 
     /// Reads what changed; creates the tables of postgres sinks first, so
     /// that a batch never meets a missing table.
-    ///
-    /// The dead-letter topics of the pipelines' topics are created too: a
-    /// dead letter to a topic that does not exist would be retried for ever.
-    async fn check(
-        settings: Settings,
-        pool: Pool,
-        seen: i64,
-    ) -> Result<Option<(i64, Vec<Stored>)>, DbError> {
+    async fn check(pool: Pool, seen: i64) -> Result<Option<(i64, Vec<Stored>)>, DbError> {
         let mut conn = crate::db::checkout(&pool).await?;
         if store::last_change(&mut conn).await? == seen {
             return Ok(None);
         }
         let snapshot = store::snapshot(&mut conn).await?;
-        let mut dead_letters = Vec::new();
         for stored in &snapshot.pipelines {
             if let SinkDefinition::Postgres { table, .. } = &stored.definition.sink {
                 PipelineTable::create(&mut conn, table).await?;
             }
-            for topic in &stored.definition.topics {
-                dead_letters.push(crate::kafka::dead_letter::dead_letter_topic(topic));
-            }
-        }
-        dead_letters.sort();
-        dead_letters.dedup();
-        if let Err(error) = crate::kafka::admin::ensure_named_topics(&settings, &dead_letters).await
-        {
-            tracing::warn!(%error, "cannot create the pipelines' dead-letter topics");
         }
         Ok(Some((snapshot.change, snapshot.pipelines)))
+    }
+}
+
+impl PipelineManager {
+    /// Creates, in the background, the dead-letter topics of the running
+    /// pipelines' topics not created yet: a dead letter to a topic that does
+    /// not exist would be retried for ever. (In the background: a broker
+    /// that is slow to create topics must not delay a pipeline's change.)
+    fn ensure_dead_letter_topics(&mut self) {
+        let missing: Vec<String> = self
+            .running
+            .values()
+            .flat_map(|r| r.definition.topics.iter())
+            .map(|t| crate::kafka::dead_letter::dead_letter_topic(t))
+            .filter(|t| !self.dead_letter_topics.contains(t))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        self.dead_letter_topics.extend(missing.iter().cloned());
+        let settings = self.settings.clone();
+        actix::spawn(async move {
+            if let Err(error) = crate::kafka::admin::ensure_named_topics(&settings, &missing).await
+            {
+                tracing::warn!(%error, topics = ?missing, "cannot create the pipelines' dead-letter topics");
+            }
+        });
     }
 }
 
@@ -345,13 +358,14 @@ impl Actor for PipelineManager {
                 return;
             }
             act.checking = true;
-            let check = Self::check(act.settings.clone(), act.pool.clone(), act.seen);
+            let check = Self::check(act.pool.clone(), act.seen);
             ctx.spawn(check.into_actor(act).map(|result, act, _ctx| {
                 act.checking = false;
                 match result {
                     Ok(Some((change, current))) => {
                         act.seen = change;
                         act.reconcile(current);
+                        act.ensure_dead_letter_topics();
                     }
                     Ok(None) => {}
                     Err(error) => {
