@@ -77,28 +77,18 @@ impl Projection for CustomerCopy {
         partition: &'a PartitionKey,
         records: &'a [Decoded<Envelope>],
     ) -> BoxFuture<'a, Result<Vec<Rejected>, DbError>> {
-        async move {
-            let mut refused = Vec::new();
-            for record in records {
-                match store::apply_customer_event(conn, &record.item).await {
-                    Ok(Applied::Applied) => {}
-                    Ok(outcome @ (Applied::Stale | Applied::Ignored)) => tracing::debug!(
-                        offset = record.offset,
-                        ?outcome,
-                        aggregate_version = record.item.aggregate_version,
-                        "customer event changes nothing"
-                    ),
-                    Err(ApplyError::Database(error)) => return Err(error.into()),
-                    // Refused before any statement: the transaction goes on.
-                    Err(error) => refused.push(events::rejected(partition, record, &error)),
-                }
-            }
-            Ok(refused)
-        }
-        .boxed()
+        events::apply_each(conn, partition, records, apply_one).boxed()
     }
 
     fn projected(&self, record: &Decoded<Envelope>) {
         events::log_applied(record, "customer event applied to shop's copy");
     }
+}
+
+fn apply_one<'c>(
+    conn: &'c mut AsyncPgConnection,
+    _topic: &'c str,
+    event: &'c Envelope,
+) -> BoxFuture<'c, Result<Applied, ApplyError>> {
+    store::apply_customer_event(conn, event).boxed()
 }

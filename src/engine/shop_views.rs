@@ -18,8 +18,9 @@ use crate::engine::pg_sink::Projection;
 use crate::engine::sink::{Decoded, Rejected};
 use crate::kafka::record::{DecodeError, RecordHeaders};
 use crate::outbox::Envelope;
+use crate::shop::store::Applied;
 use crate::shop::store::ApplyError;
-use crate::shop::views::{self, ViewApplied};
+use crate::shop::views;
 
 /// Applies events to the `shop_view` tables.
 pub struct ShopViews;
@@ -41,28 +42,18 @@ impl Projection for ShopViews {
         partition: &'a PartitionKey,
         records: &'a [Decoded<Envelope>],
     ) -> BoxFuture<'a, Result<Vec<Rejected>, DbError>> {
-        async move {
-            let mut refused = Vec::new();
-            for record in records {
-                match views::apply_view_event(conn, &partition.topic, &record.item).await {
-                    Ok(ViewApplied::Applied) => {}
-                    Ok(outcome @ (ViewApplied::Stale | ViewApplied::Ignored)) => tracing::debug!(
-                        offset = record.offset,
-                        ?outcome,
-                        aggregate_version = record.item.aggregate_version,
-                        "event changes no view"
-                    ),
-                    Err(ApplyError::Database(error)) => return Err(error.into()),
-                    // Refused before any statement: the transaction goes on.
-                    Err(error) => refused.push(events::rejected(partition, record, &error)),
-                }
-            }
-            Ok(refused)
-        }
-        .boxed()
+        events::apply_each(conn, partition, records, apply_one).boxed()
     }
 
     fn projected(&self, record: &Decoded<Envelope>) {
         events::log_applied(record, "event applied to the shop's views");
     }
+}
+
+fn apply_one<'c>(
+    conn: &'c mut AsyncPgConnection,
+    topic: &'c str,
+    event: &'c Envelope,
+) -> BoxFuture<'c, Result<Applied, ApplyError>> {
+    views::apply_view_event(conn, topic, event).boxed()
 }

@@ -519,14 +519,17 @@ async fn customer_addresses_of(
         .collect())
 }
 
-/// What [`apply_customer_event`] did.
+/// What applying an event did, to shop's customer copy
+/// ([`apply_customer_event`]) or to the read side's views
+/// (`shop::views::apply_view_event`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
-    /// The copy now holds the event's state.
+    /// The copy (or the views) now holds the event's state.
     Applied,
-    /// The copy is as new as the event or newer: nothing changed.
+    /// What it holds is as new as the event or newer: nothing changed.
     Stale,
-    /// Not an event shop uses (an unknown type): nothing changed.
+    /// Not an event it uses (another topic, an unknown type): nothing
+    /// changed.
     Ignored,
 }
 

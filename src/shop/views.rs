@@ -34,17 +34,9 @@ use crate::shop::{Address, CustomerName, CustomerState, Money, OrderItem, Produc
 
 type SqlUuid = diesel::sql_types::Uuid;
 
-/// What [`apply_view_event`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ViewApplied {
-    /// The views now hold the event.
-    Applied,
-    /// The views already held it or something newer: nothing changed.
-    Stale,
-    /// Not an event the views use (another topic, an unknown type):
-    /// nothing changed.
-    Ignored,
-}
+/// What [`apply_view_event`] did: the same outcomes as applying an event
+/// to shop's customer copy.
+pub use crate::shop::store::Applied as ViewApplied;
 
 /// An order as the query API shows it: the order as `OrderCreated`
 /// carried it, with the customer's name at the time it was placed.
