@@ -26,6 +26,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 
 use diesel::ConnectionResult;
 use diesel::result::ConnectionError;
@@ -126,6 +127,12 @@ pub struct DatabaseUrl {
     mode: SslMode,
     roots: Option<RootCerts>,
     verify: Verify,
+    /// The TLS set-up, built on the first connection that needs it and
+    /// shared by every clone: building it reads the CA certificates (the
+    /// platform's bundle is 150 of them), which cost milliseconds of CPU
+    /// for every connection a pool opened. A changed `sslrootcert` file is
+    /// therefore read at the next start.
+    tls: Arc<OnceLock<MakeTlsConnector>>,
 }
 
 /// URL parameters that only libpq knows and that change nothing for
@@ -167,9 +174,15 @@ impl DatabaseUrl {
                 .map_err(|e| self.connect_error(&e))?;
             return AsyncPgConnection::try_from_client_and_connection(client, connection).await;
         }
-        let tls = self
-            .tls_connector()
-            .map_err(|e| ConnectionError::BadConnection(e.0))?;
+        let tls = match self.tls.get() {
+            Some(tls) => tls.clone(),
+            None => {
+                let tls = self
+                    .tls_connector()
+                    .map_err(|e| ConnectionError::BadConnection(e.0))?;
+                self.tls.get_or_init(|| tls).clone()
+            }
+        };
         let (client, connection) = self
             .config
             .connect(tls)
@@ -370,6 +383,7 @@ impl FromStr for DatabaseUrl {
             mode,
             roots,
             verify,
+            tls: Arc::default(),
         })
     }
 }
