@@ -56,7 +56,7 @@ impl Projection for CustomerCopy {
                 })?;
             // What PostgreSQL would refuse for ever must not reach it: a NUL
             // in a text, more addresses than a position can number.
-            if crate::engine::sink::holds_nul(&event.data) {
+            if crate::db::holds_nul(&event.data) {
                 return Err(DecodeError::InvalidEvent(
                     "the event's data holds a NUL character".to_owned(),
                 ));

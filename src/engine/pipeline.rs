@@ -23,6 +23,7 @@
 //! duplicates apart.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -32,10 +33,10 @@ use diesel::sql_types::{BigInt, Integer, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use prometheus::{Histogram, IntCounter};
 use rdkafka::Message as _;
 use rdkafka::message::{BorrowedMessage, Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::{Value, json};
 
 use crate::db::DbError;
 use crate::db::queries::PartitionKey;
@@ -65,24 +66,38 @@ pub struct Compiled {
 pub struct PipelineState {
     name: String,
     current: RwLock<Arc<Compiled>>,
-    metrics: Arc<Metrics>,
+    counters: Counters,
     /// A replay's end per topic and partition: records at or past it are
     /// dropped (the replay's consumer reads on until every partition is
     /// done). Empty for a live pipeline.
-    ends: RwLock<HashMap<(String, i32), i64>>,
+    ends: RwLock<HashMap<String, HashMap<i32, i64>>>,
+}
+
+/// The pipeline's series, looked up once rather than per record.
+struct Counters {
+    read: IntCounter,
+    out: IntCounter,
+    dropped: IntCounter,
+    failed: IntCounter,
+    filter_seconds: Histogram,
 }
 
 impl PipelineState {
     /// A pipeline running `compiled`.
     pub fn new(name: &str, compiled: Compiled, metrics: Arc<Metrics>) -> Arc<Self> {
         // Every outcome's series exists from the start, at 0.
-        for outcome in ["in", "out", "dropped", "failed"] {
-            metrics.pipeline_records.with_label_values(&[name, outcome]);
-        }
+        let records = |outcome: &str| metrics.pipeline_records.with_label_values(&[name, outcome]);
+        let counters = Counters {
+            read: records("in"),
+            out: records("out"),
+            dropped: records("dropped"),
+            failed: records("failed"),
+            filter_seconds: metrics.pipeline_filter_seconds.with_label_values(&[name]),
+        };
         Arc::new(Self {
             name: name.to_owned(),
             current: RwLock::new(Arc::new(compiled)),
-            metrics,
+            counters,
             ends: RwLock::default(),
         })
     }
@@ -90,7 +105,11 @@ impl PipelineState {
     /// Makes this a replay that ends at `ends` (per topic and partition,
     /// the first offset not to process).
     pub fn end_at(&self, ends: HashMap<(String, i32), i64>) {
-        *self.ends.write().unwrap_or_else(|p| p.into_inner()) = ends;
+        let mut by_topic: HashMap<String, HashMap<i32, i64>> = HashMap::new();
+        for ((topic, partition), end) in ends {
+            by_topic.entry(topic).or_default().insert(partition, end);
+        }
+        *self.ends.write().unwrap_or_else(|p| p.into_inner()) = by_topic;
     }
 
     /// Whether the record at `offset` is past the replay's end.
@@ -98,7 +117,8 @@ impl PipelineState {
         let ends = self.ends.read().unwrap_or_else(|p| p.into_inner());
         !ends.is_empty()
             && ends
-                .get(&(topic.to_owned(), partition))
+                .get(topic)
+                .and_then(|partitions| partitions.get(&partition))
                 .is_none_or(|&end| offset >= end)
     }
 
@@ -125,13 +145,6 @@ impl PipelineState {
             .clone()
     }
 
-    fn count(&self, outcome: &str) {
-        self.metrics
-            .pipeline_records
-            .with_label_values(&[&self.name, outcome])
-            .inc();
-    }
-
     /// Runs the version in use on one record. A value that is not JSON and
     /// a filter that fails are errors (the record is dead-lettered); a
     /// record a filter aborts on is kept as dropped, so that its offset is
@@ -152,12 +165,12 @@ impl PipelineState {
                 output: None,
             });
         }
-        self.count("in");
+        self.counters.read.inc();
         let result = self.run(message, headers);
         match &result {
-            Ok(Processed { output: None, .. }) => self.count("dropped"),
+            Ok(Processed { output: None, .. }) => self.counters.dropped.inc(),
             Ok(_) => {}
-            Err(_) => self.count("failed"),
+            Err(_) => self.counters.failed.inc(),
         }
         result
     }
@@ -169,8 +182,10 @@ impl PipelineState {
     ) -> Result<Processed, DecodeError> {
         let compiled = self.compiled();
         let payload = message.payload().ok_or(DecodeError::EmptyValue)?;
-        let value: Value =
-            serde_json::from_slice(payload).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+        let document = compiled
+            .filters
+            .read(payload)
+            .map_err(|e| DecodeError::NotJson(e.to_string()))?;
         let source = Source {
             topic: message.topic().to_owned(),
             partition: message.partition(),
@@ -193,10 +208,9 @@ impl PipelineState {
             headers: &header_refs,
         };
         let started = Instant::now();
-        let outcome = compiled.filters.run(value, &meta);
-        self.metrics
-            .pipeline_filter_seconds
-            .with_label_values(&[&self.name])
+        let outcome = compiled.filters.run(document, &meta);
+        self.counters
+            .filter_seconds
             .observe(started.elapsed().as_secs_f64());
         let doc = match outcome {
             Outcome::Kept(doc) => doc,
@@ -211,23 +225,18 @@ impl PipelineState {
         };
         // What PostgreSQL would refuse for ever must not reach a sink: a NUL
         // in a text, a key longer than an index entry can be.
-        if crate::engine::sink::holds_nul(&doc) {
+        if doc.holds_nul() {
             return Err(DecodeError::FilterError(
                 "the filtered value holds a NUL character".to_owned(),
             ));
         }
         let key = match &compiled.key {
             None => None,
-            Some(path) => Some(match path.get(&doc) {
-                Some(Value::String(s)) => s.clone(),
-                Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
-                _ => {
-                    return Err(DecodeError::FilterError(
-                        "the filtered value has no string or number at the sink's key path"
-                            .to_owned(),
-                    ));
-                }
-            }),
+            Some(path) => Some(doc.key_at(path).ok_or_else(|| {
+                DecodeError::FilterError(
+                    "the filtered value has no string or number at the sink's key path".to_owned(),
+                )
+            })?),
         };
         if key.as_ref().is_some_and(|k| k.len() > MAX_KEY_BYTES) {
             return Err(DecodeError::FilterError(format!(
@@ -238,7 +247,7 @@ impl PipelineState {
             version: compiled.version,
             source,
             output: Some(Output {
-                doc,
+                doc: doc.to_json(),
                 key,
                 record_key: message.key().map(<[u8]>::to_vec),
                 headers: headers.readable.clone(),
@@ -279,8 +288,8 @@ pub struct Processed {
 /// What a kept record writes.
 #[derive(Debug, Clone)]
 pub struct Output {
-    /// The filtered value.
-    pub doc: Value,
+    /// The filtered value, as JSON text.
+    pub doc: String,
     /// The key at the definition's key path, if it names one.
     pub key: Option<String>,
     /// The source record's key.
@@ -289,10 +298,15 @@ pub struct Output {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// `text` as a JSON string (serialising a string cannot fail).
+fn json_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_default()
+}
+
 /// The dead letter of an output its sink refused for what it is.
 fn refused(record: &Decoded<Processed>, why: &str) -> Rejected {
     let (item, output) = (&record.item, record.item.output.as_ref());
-    let value = output.map(|o| o.doc.to_string().into_bytes());
+    let value = output.map(|o| o.doc.as_bytes());
     let dead_letter = crate::kafka::dead_letter::DeadLetter::new(
         &crate::kafka::dead_letter::SourcePosition {
             topic: item.source.topic.clone(),
@@ -300,7 +314,7 @@ fn refused(record: &Decoded<Processed>, why: &str) -> Rejected {
             offset: item.source.offset,
         },
         output.and_then(|o| o.record_key.as_deref()),
-        value.as_deref(),
+        value,
         output.map(|o| o.headers.clone()).unwrap_or_default(),
         &DecodeError::SinkRefused(format!("the output topic refused the record: {why}")),
     );
@@ -315,11 +329,7 @@ fn refused(record: &Decoded<Processed>, why: &str) -> Rejected {
 /// Counts the kept records of a durable batch.
 fn count_out(state: &PipelineState, records: &[Decoded<Processed>]) {
     let out = records.iter().filter(|r| r.item.output.is_some()).count();
-    state
-        .metrics
-        .pipeline_records
-        .with_label_values(&[&state.name, "out"])
-        .inc_by(out as u64);
+    state.counters.out.inc_by(out as u64);
 }
 
 /// A pipeline's PostgreSQL table: `(key, doc, source_topic,
@@ -371,47 +381,51 @@ impl Projection for PipelineTable {
     fn apply<'a>(
         &'a self,
         conn: &'a mut AsyncPgConnection,
-        _partition: &'a PartitionKey,
+        partition: &'a PartitionKey,
         records: &'a [Decoded<Processed>],
     ) -> BoxFuture<'a, Result<Vec<Rejected>, DbError>> {
         async move {
-            // One row per key: the batch's last record of a key wins, as a
-            // later record replaces an earlier one's row.
-            let mut latest: HashMap<String, &Processed> = HashMap::new();
-            let mut order = Vec::new();
-            for record in records {
-                let Some(output) = &record.item.output else {
-                    continue;
-                };
-                let key = output
-                    .key
-                    .clone()
-                    .unwrap_or_else(|| record.item.source.position());
-                if latest.insert(key.clone(), &record.item).is_none() {
-                    order.push(key);
-                }
-            }
-            if order.is_empty() {
+            let kept: Vec<(&Processed, &Output)> = records
+                .iter()
+                .filter_map(|r| r.item.output.as_ref().map(|o| (&r.item, o)))
+                .collect();
+            if kept.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut docs = Vec::with_capacity(order.len());
-            let (mut topics, mut partitions, mut offsets, mut versions) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for key in &order {
-                let item = latest[key];
-                let doc = item.output.as_ref().map(|o| &o.doc).unwrap_or(&Value::Null);
-                docs.push(doc.to_string());
-                topics.push(item.source.topic.clone());
-                partitions.push(item.source.partition);
-                offsets.push(item.source.offset);
-                versions.push(item.version);
+            // A record without a key path is keyed by its position.
+            let positions: Vec<Option<String>> = kept
+                .iter()
+                .map(|(item, output)| output.key.is_none().then(|| item.source.position()))
+                .collect();
+            // One row per key: the batch's last record of a key wins, as a
+            // later record replaces an earlier one's row.
+            let mut slots: HashMap<&str, usize> = HashMap::with_capacity(kept.len());
+            let mut rows: Vec<(&str, &Processed, &Output)> = Vec::with_capacity(kept.len());
+            for ((item, output), position) in kept.iter().zip(&positions) {
+                let key = output
+                    .key
+                    .as_deref()
+                    .or(position.as_deref())
+                    .unwrap_or_default();
+                match slots.entry(key) {
+                    Entry::Occupied(slot) => rows[*slot.get()] = (key, item, output),
+                    Entry::Vacant(slot) => {
+                        slot.insert(rows.len());
+                        rows.push((key, item, output));
+                    }
+                }
             }
+            let keys: Vec<&str> = rows.iter().map(|(key, _, _)| *key).collect();
+            let docs: Vec<&str> = rows.iter().map(|(_, _, o)| o.doc.as_str()).collect();
+            let offsets: Vec<i64> = rows.iter().map(|(_, item, _)| item.source.offset).collect();
+            let versions: Vec<i32> = rows.iter().map(|(_, item, _)| item.version).collect();
+            // A batch is one partition's: its topic and partition are bound
+            // once, not per row.
             diesel::sql_query(format!(
                 "INSERT INTO \"{}\" (key, doc, source_topic, source_partition, source_offset, \
                     pipeline_version, written_at) \
-                 SELECT k, d::jsonb, t, p, o, v, now() \
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::int[]) \
-                    AS r(k, d, t, p, o, v) \
+                 SELECT k, d::jsonb, $3, $4, o, v, now() \
+                 FROM unnest($1::text[], $2::text[], $5::bigint[], $6::int[]) AS r(k, d, o, v) \
                  ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, \
                     source_topic = excluded.source_topic, \
                     source_partition = excluded.source_partition, \
@@ -420,10 +434,10 @@ impl Projection for PipelineTable {
                     written_at = excluded.written_at",
                 self.table
             ))
-            .bind::<diesel::sql_types::Array<Text>, _>(&order)
+            .bind::<diesel::sql_types::Array<Text>, _>(&keys)
             .bind::<diesel::sql_types::Array<Text>, _>(&docs)
-            .bind::<diesel::sql_types::Array<Text>, _>(&topics)
-            .bind::<diesel::sql_types::Array<Integer>, _>(&partitions)
+            .bind::<Text, _>(&partition.topic)
+            .bind::<Integer, _>(partition.partition)
             .bind::<diesel::sql_types::Array<BigInt>, _>(&offsets)
             .bind::<diesel::sql_types::Array<Integer>, _>(&versions)
             .execute(conn)
@@ -511,7 +525,7 @@ impl Sink for TopicOutput {
                     .as_ref()
                     .map(|k| k.clone().into_bytes())
                     .or_else(|| output.record_key.clone());
-                prepared.push((output.doc.to_string(), key, headers));
+                prepared.push((output.doc.as_str(), key, headers));
             }
             let deliveries: Vec<_> = prepared
                 .iter()
@@ -608,14 +622,18 @@ impl Sink for FileOutput {
                     continue;
                 };
                 let source = record.item.source.position();
-                let line = json!({
-                    "key": output.key.clone().unwrap_or_else(|| source.clone()),
-                    "doc": output.doc,
-                    "source": source,
-                    "pipeline_version": record.item.version,
-                });
-                lines.extend_from_slice(line.to_string().as_bytes());
-                lines.push(b'\n');
+                let key = output.key.as_deref().unwrap_or(&source);
+                // The doc is JSON text already: the line is written around
+                // it, its fields in the order `serde_json` would sort them.
+                lines.extend_from_slice(b"{\"doc\":");
+                lines.extend_from_slice(output.doc.as_bytes());
+                lines.extend_from_slice(b",\"key\":");
+                lines.extend_from_slice(json_string(key).as_bytes());
+                lines.extend_from_slice(
+                    format!(",\"pipeline_version\":{},\"source\":", record.item.version).as_bytes(),
+                );
+                lines.extend_from_slice(json_string(&source).as_bytes());
+                lines.extend_from_slice(b"}\n");
             }
             if lines.is_empty() {
                 return Ok(Written::default());

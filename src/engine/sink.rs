@@ -118,18 +118,3 @@ pub trait Sink: Send + Sync + 'static {
     /// to log it (the default logs nothing).
     fn projected(&self, _record: &Decoded<Self::Item>) {}
 }
-
-/// Whether a NUL character is in any string (or key) of `value`: PostgreSQL
-/// stores none in `text` or `jsonb`.
-pub fn holds_nul(value: &serde_json::Value) -> bool {
-    match value {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(items) => items.iter().any(holds_nul),
-        serde_json::Value::Object(fields) => {
-            fields.iter().any(|(k, v)| k.contains('\0') || holds_nul(v))
-        }
-        serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {
-            false
-        }
-    }
-}

@@ -442,6 +442,11 @@ impl KeyPath {
         valid.then_some(KeyPath { segments })
     }
 
+    /// The path's field names, outermost first.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().map(String::as_str)
+    }
+
     /// The value at the path, if there is one.
     pub fn get<'v>(&self, value: &'v serde_json::Value) -> Option<&'v serde_json::Value> {
         self.segments

@@ -34,11 +34,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::pipelines::Document;
+
 use vrl::compiler::runtime::{Runtime, Terminate};
 use vrl::compiler::state::ExternalEnv;
 use vrl::compiler::{CompileConfig, ExpressionError, Function, Program, TargetValue, TimeZone};
 use vrl::diagnostic::{DiagnosticList, Formatter};
-use vrl::path::OwnedTargetPath;
+use vrl::path::{OwnedTargetPath, PathPrefix};
 use vrl::value::kind::Collection;
 use vrl::value::{Kind, ObjectMap, Secrets, Value};
 
@@ -292,7 +294,7 @@ pub struct Header<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Every filter passed: the record's value as the last one left it.
-    Kept(serde_json::Value),
+    Kept(Document),
     /// A filter called `abort`.
     Dropped,
     /// A filter failed at run time: `filters[i]: ` and VRL's message.
@@ -306,6 +308,9 @@ pub enum Outcome {
 pub struct Filters {
     programs: Arc<[Program]>,
     timezone: TimeZone,
+    /// Whether any program reads the metadata (`%…`): when none does, a
+    /// record's metadata is not built.
+    reads_metadata: bool,
 }
 
 impl Filters {
@@ -324,9 +329,17 @@ impl Filters {
                     .map_err(|diagnostics| compile_error(index, source, diagnostics))?;
             programs.push(compiled.program);
         }
+        let reads_metadata = programs.iter().any(|program| {
+            program
+                .info()
+                .target_queries
+                .iter()
+                .any(|path| path.prefix == PathPrefix::Metadata)
+        });
         Ok(Filters {
             programs: programs.into(),
             timezone: utc(),
+            reads_metadata,
         })
     }
 
@@ -340,15 +353,29 @@ impl Filters {
         self.programs.is_empty()
     }
 
+    /// Reads a record's value for these filters: into VRL's value when
+    /// there are filters, as written when there are none.
+    pub fn read(&self, payload: &[u8]) -> Result<Document, serde_json::Error> {
+        if self.programs.is_empty() {
+            Document::read_json(payload)
+        } else {
+            Document::read_vrl(payload)
+        }
+    }
+
     /// Runs the filters in order on a record's value: each sees what the
     /// one before left.
-    pub fn run(&self, value: serde_json::Value, meta: &RecordMeta<'_>) -> Outcome {
+    pub fn run(&self, document: Document, meta: &RecordMeta<'_>) -> Outcome {
         if self.programs.is_empty() {
-            return Outcome::Kept(value);
+            return Outcome::Kept(document);
         }
         let mut target = TargetValue {
-            value: Value::from(value),
-            metadata: metadata(meta),
+            value: document.into_vrl(),
+            metadata: if self.reads_metadata {
+                metadata(meta)
+            } else {
+                Value::Object(ObjectMap::new())
+            },
             secrets: Secrets::default(),
         };
         let mut runtime = Runtime::default();
@@ -362,10 +389,7 @@ impl Filters {
             }
             runtime.clear();
         }
-        match serde_json::to_value(&target.value) {
-            Ok(value) => Outcome::Kept(value),
-            Err(error) => Outcome::Failed(format!("the filtered value is not JSON: {error}")),
-        }
+        Outcome::Kept(Document::from_vrl(target.value))
     }
 }
 
@@ -516,7 +540,9 @@ mod tests {
     }
 
     fn run(sources: &[&str], value: serde_json::Value) -> Outcome {
-        Filters::compile(sources).unwrap().run(value, &meta())
+        let filters = Filters::compile(sources).unwrap();
+        let document = filters.read(value.to_string().as_bytes()).unwrap();
+        filters.run(document, &meta())
     }
 
     fn compile_error(sources: &[&str]) -> CompileError {
@@ -531,7 +557,10 @@ mod tests {
         let old = json!({"command_id": "a", "event_timestamp": "1999-01-01T00:00:00Z"});
         let new = json!({"command_id": "b", "event_timestamp": "2026-12-04T08:00:00Z"});
         assert_eq!(run(&[DROP_1900S], old), Outcome::Dropped);
-        assert_eq!(run(&[DROP_1900S], new.clone()), Outcome::Kept(new.clone()));
+        assert_eq!(
+            run(&[DROP_1900S], new.clone()),
+            Outcome::Kept(new.clone().into())
+        );
         assert_eq!(
             run(
                 &[ADD_YEAR, r#"if .year == "2026" { abort "too new" }"#],
@@ -549,20 +578,21 @@ mod tests {
                 &[DROP_1900S, ADD_YEAR, ".century = slice!(.year, 0, 2)"],
                 value
             ),
-            Outcome::Kept(json!({
-                "command_id": "b",
-                "event_timestamp": "2026-12-04T08:00:00Z",
-                "n": 12345678901234_i64,
-                "f": 1.5,
-                "year": "2026",
-                "century": "20",
-            }))
+            Outcome::Kept(
+                json!({
+                    "command_id": "b",
+                    "event_timestamp": "2026-12-04T08:00:00Z",
+                    "n": 12345678901234_i64,
+                    "f": 1.5,
+                    "year": "2026",
+                    "century": "20",
+                })
+                .into()
+            )
         );
         assert_eq!(
-            Filters::compile::<&str>(&[])
-                .unwrap()
-                .run(json!([1, "x"]), &meta()),
-            Outcome::Kept(json!([1, "x"]))
+            run(&[], json!([1, "x"])),
+            Outcome::Kept(json!([1, "x"]).into())
         );
     }
 
@@ -577,13 +607,39 @@ mod tests {
         "#;
         assert_eq!(
             run(&[program], json!({})),
-            Outcome::Kept(json!({
-                "source": "timestamp.command.v1:2:41",
-                "key": "k-1",
-                "at": "2025-12-04T00:00:00.123Z",
-                "trace": "abc",
-                "empty": null,
-            }))
+            Outcome::Kept(
+                json!({
+                    "source": "timestamp.command.v1:2:41",
+                    "key": "k-1",
+                    "at": "2025-12-04T00:00:00.123Z",
+                    "trace": "abc",
+                    "empty": null,
+                })
+                .into()
+            )
+        );
+    }
+
+    #[test]
+    fn metadata_is_built_only_for_filters_that_read_it() {
+        let reads = |sources: &[&str]| Filters::compile(sources).unwrap().reads_metadata;
+        assert!(!reads(&[DROP_1900S, ADD_YEAR]));
+        assert!(reads(&[ADD_YEAR, ".p = %partition"]));
+        assert!(reads(&[".h = %headers.trace"]));
+        assert!(reads(&[".m = %"]));
+        assert_eq!(
+            run(&[".m = %"], json!({})),
+            Outcome::Kept(
+                json!({"m": {
+                    "topic": "timestamp.command.v1",
+                    "partition": 2,
+                    "offset": 41,
+                    "timestamp": "2025-12-04T00:00:00.123Z",
+                    "key": "k-1",
+                    "headers": {"trace": "abc", "empty": null},
+                }})
+                .into()
+            )
         );
     }
 
@@ -679,10 +735,10 @@ mod tests {
         fn shared<T: Send + Sync + Clone>(_: &T) {}
         let filters = Filters::compile(&[DROP_1900S, ADD_YEAR]).unwrap();
         shared(&filters);
-        let value = json!({"event_timestamp": "2026-12-04T08:00:00Z"});
-        let first = filters.run(value.clone(), &meta());
+        let value = br#"{"event_timestamp": "2026-12-04T08:00:00Z"}"#;
+        let first = filters.run(filters.read(value).unwrap(), &meta());
         let other = filters.clone();
-        let second = std::thread::spawn(move || other.run(value, &meta()))
+        let second = std::thread::spawn(move || other.run(other.read(value).unwrap(), &meta()))
             .join()
             .unwrap();
         assert_eq!(first, second);
