@@ -8,7 +8,10 @@ use chronolog::startup::Application;
 
 /// mimalloc: request buffers, actor messages and Kafka records are allocated
 /// on one thread and freed on another; glibc's arenas spent a sixth of the
-/// ingestion path's CPU on that (loadtest/RESULTS.md).
+/// ingestion path's CPU on that (loadtest/RESULTS.md). Built without its
+/// transparent huge pages (`no_thp`): with them, a batch's buffers faulted
+/// in fresh 2 MiB pages that the kernel zeroed whole, a sixth of a
+/// pipeline's CPU in a profile.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
