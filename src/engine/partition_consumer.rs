@@ -490,6 +490,7 @@ impl<S: Sink> PartitionRun<S> {
                 }
             }
         }
+        let records: Arc<[Decoded<S::Item>]> = records.into();
         let records = &records;
         let written = self
             .retry("write batch", stop, || async move {
@@ -539,7 +540,7 @@ impl<S: Sink> PartitionRun<S> {
             )
             .await?;
         }
-        for record in records {
+        for record in records.iter() {
             if written
                 .rejected
                 .iter()

@@ -85,7 +85,7 @@ impl<P: Projection> Sink for PgSink<P> {
     fn write(
         &self,
         partition: PartitionKey,
-        records: Vec<Decoded<P::Item>>,
+        records: Arc<[Decoded<P::Item>]>,
         next_offset: i64,
     ) -> BoxFuture<'static, Result<Written, SinkError>> {
         let (pool, projection) = (self.pool.clone(), self.projection.clone());

@@ -489,14 +489,14 @@ impl Sink for TopicOutput {
     fn write(
         &self,
         _partition: PartitionKey,
-        records: Vec<Decoded<Processed>>,
+        records: Arc<[Decoded<Processed>]>,
         _next_offset: i64,
     ) -> BoxFuture<'static, Result<Written, SinkError>> {
         let (producer, topic, timeout) = (self.producer.clone(), self.topic.clone(), self.timeout);
         let state = self.state.clone();
         async move {
             let mut prepared = Vec::with_capacity(records.len());
-            for record in &records {
+            for record in records.iter() {
                 let Some(output) = &record.item.output else {
                     continue;
                 };
@@ -611,13 +611,13 @@ impl Sink for FileOutput {
     fn write(
         &self,
         _partition: PartitionKey,
-        records: Vec<Decoded<Processed>>,
+        records: Arc<[Decoded<Processed>]>,
         _next_offset: i64,
     ) -> BoxFuture<'static, Result<Written, SinkError>> {
         let (file, state) = (self.file.clone(), self.state.clone());
         async move {
             let mut lines = Vec::new();
-            for record in &records {
+            for record in records.iter() {
                 let Some(output) = &record.item.output else {
                     continue;
                 };

@@ -20,6 +20,7 @@
 //!   once).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use rdkafka::message::BorrowedMessage;
@@ -91,11 +92,12 @@ pub trait Sink: Send + Sync + 'static {
     /// the batch was dead-lettered) durable, with `next_offset` as the
     /// partition's position after them when the sink stores positions.
     /// Records below the stored position were applied before and must
-    /// change nothing.
+    /// change nothing. The batch is shared, not copied, by the retries of
+    /// one write.
     fn write(
         &self,
         partition: PartitionKey,
-        records: Vec<Decoded<Self::Item>>,
+        records: Arc<[Decoded<Self::Item>]>,
         next_offset: i64,
     ) -> BoxFuture<'static, Result<Written, SinkError>>;
 

@@ -14,6 +14,7 @@ use crate::db::models::ProjectedRecord;
 use crate::db::queries::{Conflict, PartitionKey};
 use crate::domain::{TimestampCommand, format_timestamp};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::engine::sink::{Decoded, Rejected, Sink, SinkError, Written};
 use crate::kafka::dead_letter::{DeadLetter, SourcePosition};
@@ -59,7 +60,7 @@ impl Sink for TimestampView {
     fn write(
         &self,
         partition: PartitionKey,
-        records: Vec<Decoded<ProjectedRecord>>,
+        records: Arc<[Decoded<ProjectedRecord>]>,
         next_offset: i64,
     ) -> BoxFuture<'static, Result<Written, SinkError>> {
         let writer = self.writer.clone();
