@@ -122,6 +122,24 @@ async fn a_filter_that_drops_and_one_that_adds_a_field_are_applied_row_by_row() 
         assert_eq!(row.source_topic, app.settings.kafka_topic);
         assert_eq!(row.pipeline_version, 1);
     }
+    // The key compares as bytes, whatever the database's collation.
+    #[derive(QueryableByName)]
+    struct Collation {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        collation_name: Option<String>,
+    }
+    let mut conn = AsyncPgConnection::establish(app.settings.database_url.expose())
+        .await
+        .unwrap();
+    let collation: Collation = diesel::sql_query(
+        "SELECT collation_name::text AS collation_name FROM information_schema.columns \
+         WHERE table_name = $1 AND column_name = 'key'",
+    )
+    .bind::<diesel::sql_types::Text, _>(&table)
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(collation.collation_name.as_deref(), Some("C"));
     let metrics = app.metrics().render();
     for (outcome, count) in [("in", 5), ("out", 3), ("dropped", 2), ("failed", 0)] {
         let series = format!(
