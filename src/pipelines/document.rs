@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use vrl::prelude::NotNan;
 use vrl::value::{KeyString, ObjectMap, Value};
 
@@ -226,7 +226,11 @@ impl<'de> Visitor<'de> for VrlVisitor {
             return Ok(Value::Object(fields));
         };
         if first == NUMBER_TOKEN {
+            // As serde_json's own reader: the text must be a JSON number
+            // (an object written with that key and a string is refused).
             let text: String = map.next_value()?;
+            text.parse::<serde_json::Number>()
+                .map_err(|_| de::Error::custom("invalid number"))?;
             return Ok(number(&text));
         }
         let VrlJson(value) = map.next_value()?;
@@ -314,6 +318,9 @@ mod tests {
             b"[1, 2",
             b"{\"a\": 1} x",
             b"",
+            // serde_json's private name for a number, with what is not one.
+            br#"{"$serde_json::private::Number": "abc"}"#,
+            br#"{"a": {"$serde_json::private::Number": "1", "b": 2}}"#,
         ] {
             assert!(Document::read_vrl(bad).is_err(), "{bad:?}");
             assert!(Document::read_json(bad).is_err(), "{bad:?}");
