@@ -14,7 +14,6 @@
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use vrl::prelude::NotNan;
 use vrl::value::{KeyString, ObjectMap, Value};
 
 use crate::pipelines::KeyPath;
@@ -160,21 +159,10 @@ impl<'de> Deserialize<'de> for VrlJson {
 
 struct VrlVisitor;
 
-/// A number written as `text`, read as VRL's value.
-fn number(text: &str) -> Value {
-    if let Ok(integer) = text.parse::<i64>() {
-        return Value::Integer(integer);
-    }
-    if text.contains(['.', 'e', 'E'])
-        && let Some(float) = text
-            .parse::<f64>()
-            .ok()
-            .filter(|f| f.is_finite())
-            .and_then(|f| NotNan::new(f).ok())
-    {
-        return Value::Float(float);
-    }
-    Value::from(text)
+/// A number as VRL's own conversion from serde_json reads it: an integer
+/// within `i64`, a finite float, otherwise the number's text.
+fn number(number: serde_json::Number) -> Value {
+    Value::from(serde_json::Value::Number(number))
 }
 
 impl<'de> Visitor<'de> for VrlVisitor {
@@ -193,11 +181,13 @@ impl<'de> Visitor<'de> for VrlVisitor {
     }
 
     fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
-        Ok(i64::try_from(value).map_or_else(|_| Value::from(value.to_string()), Value::Integer))
+        Ok(number(value.into()))
     }
 
     fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
-        Ok(NotNan::new(value).map_or(Value::Null, Value::Float))
+        // serde_json's `from_slice` never calls this (it hands non-integers
+        // over as text); another format would, and a non-finite float is null.
+        Ok(serde_json::Number::from_f64(value).map_or(Value::Null, number))
     }
 
     fn visit_str<E>(self, value: &str) -> Result<Value, E> {
@@ -229,9 +219,10 @@ impl<'de> Visitor<'de> for VrlVisitor {
             // As serde_json's own reader: the text must be a JSON number
             // (an object written with that key and a string is refused).
             let text: String = map.next_value()?;
-            text.parse::<serde_json::Number>()
+            let parsed = text
+                .parse::<serde_json::Number>()
                 .map_err(|_| de::Error::custom("invalid number"))?;
-            return Ok(number(&text));
+            return Ok(number(parsed));
         }
         let VrlJson(value) = map.next_value()?;
         fields.insert(KeyString::from(first), value);
