@@ -26,11 +26,13 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use diesel::result::DatabaseErrorKind;
 use diesel::sql_types::{BigInt, Integer, Text};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use prometheus::{Histogram, IntCounter};
@@ -332,20 +334,79 @@ fn count_out(state: &PipelineState, records: &[Decoded<Processed>]) {
     state.counters.out.inc_by(out as u64);
 }
 
+/// How many batches after one whose keys were not all new go straight to
+/// the upsert (see [`PipelineTable`]).
+const UPSERTS_AFTER_A_CONFLICT: u32 = 16;
+
+/// Whether a [`PipelineTable`]'s next batch is tried as a plain insert.
+#[derive(Default)]
+struct InsertFirst {
+    /// Batches still to go straight to the upsert.
+    upserts_ahead: AtomicU32,
+}
+
+impl InsertFirst {
+    /// Whether to try the next batch as a plain insert (counts a batch).
+    fn next_batch(&self) -> bool {
+        self.upserts_ahead
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_err()
+    }
+
+    /// A plain insert met a key already in the table.
+    fn conflicted(&self) {
+        self.upserts_ahead
+            .store(UPSERTS_AFTER_A_CONFLICT, Ordering::Relaxed);
+    }
+}
+
 /// A pipeline's PostgreSQL table: `(key, doc, source_topic,
 /// source_partition, source_offset, pipeline_version, written_at)`.
+///
+/// A later record with the same key replaces the row. `INSERT … ON
+/// CONFLICT DO UPDATE` does that, but pays for it on every row: a lookup
+/// of the key before the insert, the insert's own, and a second WAL record
+/// confirming the speculative insertion; inserting 4,500 new rows into
+/// 200,000 took about 30% longer than a plain `INSERT` of them. Most
+/// batches hold only new keys (a key path is usually an id), so a batch is
+/// first written as a plain `INSERT` inside a savepoint; if a key is
+/// already there (a unique violation), the savepoint is rolled back and
+/// the batch is written as the upsert. After such a conflict, the next
+/// [`UPSERTS_AFTER_A_CONFLICT`] batches go straight to the upsert, so a
+/// pipeline whose keys repeat (a table of latest states) wastes at most
+/// one attempt in that many batches.
 pub struct PipelineTable {
     state: Arc<PipelineState>,
-    table: String,
+    insert: String,
+    upsert: String,
+    insert_first: InsertFirst,
 }
 
 impl PipelineTable {
     /// Writes `state`'s output into `table` (a name the definition
     /// validated as a plain lowercase identifier).
     pub fn new(state: Arc<PipelineState>, table: &str) -> Self {
+        // A batch is one partition's: its topic and partition are bound
+        // once, not per row.
+        let insert = format!(
+            "INSERT INTO \"{table}\" (key, doc, source_topic, source_partition, source_offset, \
+                pipeline_version, written_at) \
+             SELECT k, d::jsonb, $3, $4, o, v, now() \
+             FROM unnest($1::text[], $2::text[], $5::bigint[], $6::int[]) AS r(k, d, o, v)"
+        );
+        let upsert = format!(
+            "{insert} ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, \
+                source_topic = excluded.source_topic, \
+                source_partition = excluded.source_partition, \
+                source_offset = excluded.source_offset, \
+                pipeline_version = excluded.pipeline_version, \
+                written_at = excluded.written_at"
+        );
         Self {
             state,
-            table: table.to_owned(),
+            insert,
+            upsert,
+            insert_first: InsertFirst::default(),
         }
     }
 
@@ -422,29 +483,41 @@ impl Projection for PipelineTable {
             let docs: Vec<&str> = rows.iter().map(|(_, _, o)| o.doc.as_str()).collect();
             let offsets: Vec<i64> = rows.iter().map(|(_, item, _)| item.source.offset).collect();
             let versions: Vec<i32> = rows.iter().map(|(_, item, _)| item.version).collect();
-            // A batch is one partition's: its topic and partition are bound
-            // once, not per row.
-            diesel::sql_query(format!(
-                "INSERT INTO \"{}\" (key, doc, source_topic, source_partition, source_offset, \
-                    pipeline_version, written_at) \
-                 SELECT k, d::jsonb, $3, $4, o, v, now() \
-                 FROM unnest($1::text[], $2::text[], $5::bigint[], $6::int[]) AS r(k, d, o, v) \
-                 ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, \
-                    source_topic = excluded.source_topic, \
-                    source_partition = excluded.source_partition, \
-                    source_offset = excluded.source_offset, \
-                    pipeline_version = excluded.pipeline_version, \
-                    written_at = excluded.written_at",
-                self.table
-            ))
-            .bind::<diesel::sql_types::Array<Text>, _>(&keys)
-            .bind::<diesel::sql_types::Array<Text>, _>(&docs)
-            .bind::<Text, _>(&partition.topic)
-            .bind::<Integer, _>(partition.partition)
-            .bind::<diesel::sql_types::Array<BigInt>, _>(&offsets)
-            .bind::<diesel::sql_types::Array<Integer>, _>(&versions)
-            .execute(conn)
-            .await?;
+            let statement = |sql: &str| {
+                diesel::sql_query(sql.to_owned())
+                    .bind::<diesel::sql_types::Array<Text>, _>(&keys)
+                    .bind::<diesel::sql_types::Array<Text>, _>(&docs)
+                    .bind::<Text, _>(&partition.topic)
+                    .bind::<Integer, _>(partition.partition)
+                    .bind::<diesel::sql_types::Array<BigInt>, _>(&offsets)
+                    .bind::<diesel::sql_types::Array<Integer>, _>(&versions)
+            };
+            let inserted = if self.insert_first.next_batch() {
+                // A nested transaction is a savepoint: a conflict rolls
+                // back the insert, not the batch's transaction.
+                let insert = statement(&self.insert);
+                match conn
+                    .transaction::<_, diesel::result::Error, _>(async |conn| {
+                        insert.execute(conn).await
+                    })
+                    .await
+                {
+                    Ok(_) => true,
+                    Err(diesel::result::Error::DatabaseError(
+                        DatabaseErrorKind::UniqueViolation,
+                        _,
+                    )) => {
+                        self.insert_first.conflicted();
+                        false
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            } else {
+                false
+            };
+            if !inserted {
+                statement(&self.upsert).execute(conn).await?;
+            }
             count_out(&self.state, records);
             Ok(Vec::new())
         }
@@ -673,5 +746,34 @@ impl Sink for FileOutput {
         _topic: String,
     ) -> BoxFuture<'static, Result<HashMap<i32, i64>, SinkError>> {
         async { Ok(HashMap::new()) }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_a_conflict_the_next_batches_go_to_the_upsert_then_inserts_are_tried_again() {
+        let first = InsertFirst::default();
+        assert!(first.next_batch(), "a new table's first batch is inserted");
+        assert!(first.next_batch());
+        first.conflicted();
+        let upserted = (0..UPSERTS_AFTER_A_CONFLICT)
+            .filter(|_| !first.next_batch())
+            .count();
+        assert_eq!(upserted, UPSERTS_AFTER_A_CONFLICT as usize);
+        assert!(
+            first.next_batch(),
+            "inserts are tried again after the window"
+        );
+        // A conflict inside the window starts it again.
+        first.conflicted();
+        assert!(!first.next_batch());
+        first.conflicted();
+        let upserted = (0..=UPSERTS_AFTER_A_CONFLICT)
+            .take_while(|_| !first.next_batch())
+            .count();
+        assert_eq!(upserted, UPSERTS_AFTER_A_CONFLICT as usize);
     }
 }

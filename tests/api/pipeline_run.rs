@@ -826,6 +826,68 @@ async fn a_pipeline_reads_several_topics_into_one_sink() {
 }
 
 #[actix_rt::test]
+async fn a_later_record_with_a_key_already_in_the_table_replaces_its_row() {
+    let app = TestApp::spawn().await;
+    let topic = format!("{}.keyed", app.settings.kafka_topic);
+    chronolog::kafka::admin::ensure_named_topics(&app.settings, std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    let table = table();
+    apply(
+        &app,
+        json!({
+            "name": name(),
+            "topics": [topic],
+            "sink": {"type": "postgres", "table": table, "key": ".k"},
+        }),
+    )
+    .await;
+    let mut written: BTreeMap<&str, (i64, i32, i64)> = BTreeMap::new();
+    let produce = async |partition: i32, k: &'static str, n: i64| {
+        let value = json!({"k": k, "n": n}).to_string();
+        let (partition, offset) =
+            produce_raw(&topic, Some(partition), None, value.as_bytes(), None).await;
+        (k, (n, partition, offset))
+    };
+    let caught_up = async |expected: &BTreeMap<&str, (i64, i32, i64)>| {
+        let expected: Vec<(String, String, i32, i64)> = expected
+            .iter()
+            .map(|(k, (n, partition, offset))| {
+                let doc = json!({"k": k, "n": n}).to_string();
+                (k.to_string(), doc, *partition, *offset)
+            })
+            .collect();
+        eventually("the table holds the latest record of every key", || async {
+            let rows: Vec<(String, String, i32, i64)> = rows(&app, &table)
+                .await
+                .into_iter()
+                .map(|r| {
+                    let doc: Value = serde_json::from_str(&r.doc).unwrap();
+                    (r.key, doc.to_string(), r.source_partition, r.source_offset)
+                })
+                .collect();
+            (rows == expected).then_some(())
+        })
+        .await;
+    };
+    // A new key, then (likely in one batch) a new key, an existing one and
+    // a new one, then an existing key from another partition.
+    written.extend([produce(0, "a", 1).await]);
+    caught_up(&written).await;
+    written.extend([
+        produce(0, "b", 2).await,
+        produce(0, "a", 3).await,
+        produce(0, "c", 4).await,
+    ]);
+    caught_up(&written).await;
+    written.extend([produce(1, "d", 5).await, produce(1, "a", 6).await]);
+    caught_up(&written).await;
+    assert_eq!(written.len(), 4);
+    assert_eq!(written["a"].0, 6);
+    app.stop().await;
+}
+
+#[actix_rt::test]
 async fn a_pipeline_starting_at_the_end_keeps_that_start_across_a_restart() {
     use chronolog::config::Role;
     let settings = crate::helpers::settings(&crate::helpers::create_database().await);
