@@ -17,7 +17,7 @@ use futures::FutureExt;
 
 use crate::db::models::ProjectedRecord;
 use crate::db::queries::{self, BatchApplied, PartitionKey};
-use crate::db::{DatabaseUrl, DbError, Pool};
+use crate::db::{DatabaseUrl, DbError, InsertFirst, Pool};
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
@@ -63,6 +63,7 @@ pub struct DbWriter {
     pool_size: u32,
     pool: Pool,
     metrics: Arc<Metrics>,
+    insert_first: Arc<InsertFirst>,
 }
 
 impl DbWriter {
@@ -74,6 +75,7 @@ impl DbWriter {
             pool_size,
             pool,
             metrics,
+            insert_first: Arc::default(),
         }
     }
 }
@@ -99,8 +101,10 @@ impl Handler<WriteBatch> for DbWriter {
 
     fn handle(&mut self, msg: WriteBatch, _ctx: &mut Self::Context) -> Self::Result {
         let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
+        let insert_first = self.insert_first.clone();
         let fut = async move {
-            let write = AssertUnwindSafe(write_batch(pool, &metrics, msg)).catch_unwind();
+            let write =
+                AssertUnwindSafe(write_batch(pool, &metrics, &insert_first, msg)).catch_unwind();
             let written = async {
                 write.await.unwrap_or_else(|panic| {
                     // Only this batch failed: its partition retries it, and
@@ -154,12 +158,20 @@ fn stop_on_lost_connection<T>(
 pub async fn write_batch(
     pool: Pool,
     m: &Metrics,
+    insert_first: &InsertFirst,
     msg: WriteBatch,
 ) -> Result<BatchCommitted, DbError> {
     let started = Instant::now();
     let result = async {
         let mut conn = crate::db::checkout(&pool).await?;
-        queries::apply_batch(&mut conn, &msg.partition, &msg.records, msg.next_offset).await
+        queries::apply_batch(
+            &mut conn,
+            insert_first,
+            &msg.partition,
+            &msg.records,
+            msg.next_offset,
+        )
+        .await
     }
     .await;
     m.db_transaction_seconds

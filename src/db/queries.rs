@@ -10,9 +10,9 @@ use diesel::sql_types::{Array, BigInt, Integer, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::db::DbError;
 use crate::db::models::{ProjectedRecord, TimestampRecord};
 use crate::db::schema::{projection_offsets, timestamp_records};
+use crate::db::{DbError, InsertFirst};
 
 /// Where a batch belongs in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -93,6 +93,7 @@ pub async fn find_record(
 /// statement and per transaction far more than per row.
 pub async fn apply_batch(
     conn: &mut AsyncPgConnection,
+    insert_first: &InsertFirst,
     key: &PartitionKey,
     records: &[ProjectedRecord],
     next_offset: i64,
@@ -125,17 +126,34 @@ pub async fn apply_batch(
         }
         winners[at] = kept;
     }
-    let (inserted, fresh, next_offset, ids, event_timestamps, created_ats) =
-        ApplyBatch::new(key, &winners, next_offset)
-            .get_result::<(
-                i64,
-                i64,
-                i64,
-                Vec<Uuid>,
-                Vec<DateTime<Utc>>,
-                Vec<DateTime<Utc>>,
-            )>(conn)
-            .await?;
+    // One statement is its own transaction: a plain insert that meets a
+    // command id already in the view fails as a whole, and the batch is
+    // written again as the upsert.
+    let rows = BatchRows::new(&winners);
+    let plain = ApplyBatch::<false> {
+        key,
+        rows: &rows,
+        next_offset,
+    };
+    let applied = if insert_first.next_batch() {
+        match plain.get_result::<Applied>(conn).await {
+            Err(error) if insert_first.conflicted(&error) => None,
+            other => Some(other?),
+        }
+    } else {
+        None
+    };
+    let (inserted, fresh, next_offset, ids, event_timestamps, created_ats) = match applied {
+        Some(applied) => applied,
+        None => {
+            let upsert = ApplyBatch::<true> {
+                key,
+                rows: &rows,
+                next_offset,
+            };
+            upsert.get_result::<Applied>(conn).await?
+        }
+    };
     for ((id, event_timestamp), created_at) in
         ids.into_iter().zip(event_timestamps).zip(created_ats)
     {
@@ -187,35 +205,54 @@ pub async fn apply_batch(
 /// lookup reads the snapshot from before the statement, and in a batch of
 /// new commands, the usual case, it reads nothing (looking up every record
 /// was a quarter of the statement's time).
-struct ApplyBatch<'a> {
+///
+/// `UPSERT` false is the plain insert tried first (see [`InsertFirst`]): it
+/// fails on a command id already in the view, and its `existing` is empty.
+/// The two are two statements, each prepared once per connection.
+struct ApplyBatch<'a, const UPSERT: bool = false> {
     key: &'a PartitionKey,
+    rows: &'a BatchRows,
+    next_offset: i64,
+}
+
+/// A batch's records as the statement's arrays.
+struct BatchRows {
     ids: Vec<Uuid>,
     event_timestamps: Vec<DateTime<Utc>>,
     created_ats: Vec<DateTime<Utc>>,
     offsets: Vec<i64>,
-    next_offset: i64,
 }
 
-impl<'a> ApplyBatch<'a> {
-    fn new(key: &'a PartitionKey, records: &[ProjectedRecord], next_offset: i64) -> Self {
-        let mut batch = Self {
-            key,
+impl BatchRows {
+    fn new(records: &[ProjectedRecord]) -> Self {
+        let mut rows = Self {
             ids: Vec::with_capacity(records.len()),
             event_timestamps: Vec::with_capacity(records.len()),
             created_ats: Vec::with_capacity(records.len()),
             offsets: Vec::with_capacity(records.len()),
-            next_offset,
         };
         for record in records {
             let row = TimestampRecord::from(record);
-            batch.ids.push(row.id);
-            batch.event_timestamps.push(row.event_timestamp);
-            batch.created_ats.push(row.created_at);
-            batch.offsets.push(record.offset);
+            rows.ids.push(row.id);
+            rows.event_timestamps.push(row.event_timestamp);
+            rows.created_ats.push(row.created_at);
+            rows.offsets.push(record.offset);
         }
-        batch
+        rows
     }
+}
 
+/// What [`ApplyBatch`] answers.
+type Applied = (
+    i64,
+    i64,
+    i64,
+    Vec<Uuid>,
+    Vec<DateTime<Utc>>,
+    Vec<DateTime<Utc>>,
+);
+
+impl<const UPSERT: bool> ApplyBatch<'_, UPSERT> {
     /// Binds the partition's key: group id, topic, partition.
     fn push_key<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_bind_param::<Text, _>(&self.key.group_id)?;
@@ -226,12 +263,12 @@ impl<'a> ApplyBatch<'a> {
     }
 }
 
-impl QueryId for ApplyBatch<'_> {
-    type QueryId = ApplyBatch<'static>;
+impl<const UPSERT: bool> QueryId for ApplyBatch<'_, UPSERT> {
+    type QueryId = ApplyBatch<'static, UPSERT>;
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl Query for ApplyBatch<'_> {
+impl<const UPSERT: bool> Query for ApplyBatch<'_, UPSERT> {
     type SqlType = (
         BigInt,
         BigInt,
@@ -242,7 +279,7 @@ impl Query for ApplyBatch<'_> {
     );
 }
 
-impl QueryFragment<Pg> for ApplyBatch<'_> {
+impl<const UPSERT: bool> QueryFragment<Pg> for ApplyBatch<'_, UPSERT> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql(
             "WITH stored AS MATERIALIZED ( \
@@ -256,25 +293,31 @@ impl QueryFragment<Pg> for ApplyBatch<'_> {
                 SELECT r.id, r.event_timestamp, r.created_at \
                 FROM unnest(",
         );
-        out.push_bind_param::<Array<diesel::sql_types::Uuid>, _>(&self.ids)?;
+        out.push_bind_param::<Array<diesel::sql_types::Uuid>, _>(&self.rows.ids)?;
         out.push_sql(", ");
-        out.push_bind_param::<Array<Timestamptz>, _>(&self.event_timestamps)?;
+        out.push_bind_param::<Array<Timestamptz>, _>(&self.rows.event_timestamps)?;
         out.push_sql(", ");
-        out.push_bind_param::<Array<Timestamptz>, _>(&self.created_ats)?;
+        out.push_bind_param::<Array<Timestamptz>, _>(&self.rows.created_ats)?;
         out.push_sql(", ");
-        out.push_bind_param::<Array<BigInt>, _>(&self.offsets)?;
+        out.push_bind_param::<Array<BigInt>, _>(&self.rows.offsets)?;
         out.push_sql(
             ") AS r(id, event_timestamp, created_at, record_offset) \
                 WHERE r.record_offset >= \
                     COALESCE((SELECT next_offset FROM stored), r.record_offset)), \
              inserted AS ( \
                 INSERT INTO timestamp_records (id, event_timestamp, created_at) \
-                SELECT id, event_timestamp, created_at FROM fresh \
-                ON CONFLICT (id) DO UPDATE \
+                SELECT id, event_timestamp, created_at FROM fresh ",
+        );
+        if UPSERT {
+            out.push_sql(
+                "ON CONFLICT (id) DO UPDATE \
                 SET event_timestamp = excluded.event_timestamp, created_at = excluded.created_at \
                 WHERE (excluded.created_at, excluded.event_timestamp) \
-                    < (timestamp_records.created_at, timestamp_records.event_timestamp) \
-                RETURNING id, (xmax = 0) AS new), \
+                    < (timestamp_records.created_at, timestamp_records.event_timestamp) ",
+            );
+        }
+        out.push_sql(
+            "RETURNING id, (xmax = 0) AS new), \
              existing AS MATERIALIZED ( \
                 SELECT t.id, t.event_timestamp, t.created_at \
                 FROM timestamp_records t JOIN fresh f ON t.id = f.id \

@@ -26,11 +26,9 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use diesel::result::DatabaseErrorKind;
 use diesel::sql_types::{BigInt, Integer, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures::FutureExt;
@@ -40,8 +38,8 @@ use rdkafka::Message as _;
 use rdkafka::message::{BorrowedMessage, Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::db::DbError;
 use crate::db::queries::PartitionKey;
+use crate::db::{DbError, InsertFirst};
 use crate::engine::pg_sink::Projection;
 use crate::engine::sink::{Decoded, Rejected, Sink, SinkError, Written};
 use crate::kafka::record::{DecodeError, RecordHeaders};
@@ -334,32 +332,6 @@ fn count_out(state: &PipelineState, records: &[Decoded<Processed>]) {
     state.counters.out.inc_by(out as u64);
 }
 
-/// How many batches after one whose keys were not all new go straight to
-/// the upsert (see [`PipelineTable`]).
-const UPSERTS_AFTER_A_CONFLICT: u32 = 16;
-
-/// Whether a [`PipelineTable`]'s next batch is tried as a plain insert.
-#[derive(Default)]
-struct InsertFirst {
-    /// Batches still to go straight to the upsert.
-    upserts_ahead: AtomicU32,
-}
-
-impl InsertFirst {
-    /// Whether to try the next batch as a plain insert (counts a batch).
-    fn next_batch(&self) -> bool {
-        self.upserts_ahead
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_err()
-    }
-
-    /// A plain insert met a key already in the table.
-    fn conflicted(&self) {
-        self.upserts_ahead
-            .store(UPSERTS_AFTER_A_CONFLICT, Ordering::Relaxed);
-    }
-}
-
 /// A pipeline's PostgreSQL table: `(key, doc, source_topic,
 /// source_partition, source_offset, pipeline_version, written_at)`.
 ///
@@ -503,13 +475,7 @@ impl Projection for PipelineTable {
                     .await
                 {
                     Ok(_) => true,
-                    Err(diesel::result::Error::DatabaseError(
-                        DatabaseErrorKind::UniqueViolation,
-                        _,
-                    )) => {
-                        self.insert_first.conflicted();
-                        false
-                    }
+                    Err(error) if self.insert_first.conflicted(&error) => false,
                     Err(error) => return Err(error.into()),
                 }
             } else {
@@ -746,34 +712,5 @@ impl Sink for FileOutput {
         _topic: String,
     ) -> BoxFuture<'static, Result<HashMap<i32, i64>, SinkError>> {
         async { Ok(HashMap::new()) }.boxed()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn after_a_conflict_the_next_batches_go_to_the_upsert_then_inserts_are_tried_again() {
-        let first = InsertFirst::default();
-        assert!(first.next_batch(), "a new table's first batch is inserted");
-        assert!(first.next_batch());
-        first.conflicted();
-        let upserted = (0..UPSERTS_AFTER_A_CONFLICT)
-            .filter(|_| !first.next_batch())
-            .count();
-        assert_eq!(upserted, UPSERTS_AFTER_A_CONFLICT as usize);
-        assert!(
-            first.next_batch(),
-            "inserts are tried again after the window"
-        );
-        // A conflict inside the window starts it again.
-        first.conflicted();
-        assert!(!first.next_batch());
-        first.conflicted();
-        let upserted = (0..=UPSERTS_AFTER_A_CONFLICT)
-            .take_while(|_| !first.next_batch())
-            .count();
-        assert_eq!(upserted, UPSERTS_AFTER_A_CONFLICT as usize);
     }
 }

@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use chrono::{DateTime, TimeZone, Utc};
+use chronolog::db::InsertFirst;
 use chronolog::db::models::ProjectedRecord;
 use chronolog::db::queries::{BatchApplied, PartitionKey, apply_batch, load_offsets};
 use chronolog::domain::TimestampCommand;
@@ -61,28 +62,53 @@ fn applied(inserted: usize, skipped: usize, next_offset: i64) -> BatchApplied {
     }
 }
 
+/// The view's insert-first policy, fresh (a batch is tried as a plain
+/// insert first) or just after a conflict (batches go straight to the
+/// upsert): every outcome below is the same either way.
+fn policies() -> [InsertFirst; 2] {
+    let upserting = InsertFirst::default();
+    let conflict = diesel::result::Error::DatabaseError(
+        diesel::result::DatabaseErrorKind::UniqueViolation,
+        Box::new("duplicate key value violates unique constraint".to_owned()),
+    );
+    assert!(upserting.conflicted(&conflict));
+    [InsertFirst::default(), upserting]
+}
+
 #[actix_rt::test]
 async fn a_batch_inserts_what_is_at_or_above_the_stored_offset_and_the_offset_never_moves_back() {
+    for policy in policies() {
+        batches_overlapping_the_stored_offset(&policy).await;
+    }
+}
+
+async fn batches_overlapping_the_stored_offset(policy: &InsertFirst) {
     let (url, mut conn) = empty_view().await;
     let key = partition(2);
     let ids: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
     let batch = |offsets| records(&ids, offsets);
 
     // Offsets 0..3 into an empty view.
-    let outcome = apply_batch(&mut conn, &key, &batch(0..3), 3).await.unwrap();
+    let outcome = apply_batch(&mut conn, policy, &key, &batch(0..3), 3)
+        .await
+        .unwrap();
     assert_eq!(outcome, applied(3, 0, 3));
 
     // A redelivery overlapping it: 1 and 2 are skipped, 3 and 4 inserted.
-    let outcome = apply_batch(&mut conn, &key, &batch(1..5), 5).await.unwrap();
+    let outcome = apply_batch(&mut conn, policy, &key, &batch(1..5), 5)
+        .await
+        .unwrap();
     assert_eq!(outcome, applied(2, 2, 5));
 
     // An old batch again, from a consumer that lost the partition: nothing
     // is written and the stored offset stays where it was.
-    let outcome = apply_batch(&mut conn, &key, &batch(0..2), 2).await.unwrap();
+    let outcome = apply_batch(&mut conn, policy, &key, &batch(0..2), 2)
+        .await
+        .unwrap();
     assert_eq!(outcome, applied(0, 2, 5));
 
     // A batch whose every record was dead-lettered moves the offset alone.
-    let outcome = apply_batch(&mut conn, &key, &[], 7).await.unwrap();
+    let outcome = apply_batch(&mut conn, policy, &key, &[], 7).await.unwrap();
     assert_eq!(outcome, applied(0, 0, 7));
 
     // A record above the offset whose id the view already holds inserts
@@ -91,7 +117,7 @@ async fn a_batch_inserts_what_is_at_or_above_the_stored_offset_and_the_offset_ne
         offset: 7,
         ..record(0, ids[0])
     };
-    let outcome = apply_batch(&mut conn, &key, &[repeat, record(8, ids[5])], 9)
+    let outcome = apply_batch(&mut conn, policy, &key, &[repeat, record(8, ids[5])], 9)
         .await
         .unwrap();
     assert_eq!(outcome, applied(1, 0, 9));
@@ -110,7 +136,9 @@ async fn a_batch_inserts_what_is_at_or_above_the_stored_offset_and_the_offset_ne
 
     // Offsets are kept per group, topic and partition.
     let other = partition(0);
-    let outcome = apply_batch(&mut conn, &other, &[], 4).await.unwrap();
+    let outcome = apply_batch(&mut conn, policy, &other, &[], 4)
+        .await
+        .unwrap();
     assert_eq!(outcome, applied(0, 0, 4));
     let stored = load_offsets(&mut conn, "projector", "commands")
         .await
@@ -139,10 +167,11 @@ async fn someone_waits_for_a_lock(url: &str) -> bool {
 #[actix_rt::test]
 async fn a_second_owner_of_the_partition_waits_for_the_first_and_skips_what_it_applied() {
     let (url, mut first) = empty_view().await;
+    let policy = InsertFirst::default();
     let key = partition(0);
     let ids: Vec<Uuid> = (0..12).map(|_| Uuid::new_v4()).collect();
     let batch = |offsets| records(&ids, offsets);
-    apply_batch(&mut first, &key, &batch(0..5), 5)
+    apply_batch(&mut first, &policy, &key, &batch(0..5), 5)
         .await
         .unwrap();
 
@@ -161,7 +190,14 @@ async fn a_second_owner_of_the_partition_waits_for_the_first_and_skips_what_it_a
     let (second_url, second_key, second_batch) = (url.clone(), key.clone(), batch(5..12));
     let second = actix_rt::spawn(async move {
         let mut conn = AsyncPgConnection::establish(&second_url).await.unwrap();
-        apply_batch(&mut conn, &second_key, &second_batch, 12).await
+        apply_batch(
+            &mut conn,
+            &InsertFirst::default(),
+            &second_key,
+            &second_batch,
+            12,
+        )
+        .await
     });
     eventually("the second owner waits for the offset row", || {
         let url = url.clone();
@@ -186,6 +222,12 @@ async fn a_second_owner_of_the_partition_waits_for_the_first_and_skips_what_it_a
 
 #[actix_rt::test]
 async fn two_versions_of_a_command_keep_the_earliest_log_time_in_any_order() {
+    for policy in policies() {
+        two_versions_of_a_command(&policy).await;
+    }
+}
+
+async fn two_versions_of_a_command(policy: &InsertFirst) {
     use chronolog::db::queries::{Conflict, find_record};
     let id = Uuid::new_v4();
     // Version `early` has the earlier log time, `late` the earlier event time.
@@ -211,7 +253,7 @@ async fn two_versions_of_a_command_keep_the_earliest_log_time_in_any_order() {
     // Both in one batch, in either order.
     for batch in [[early, late], [late, early]] {
         let (_, mut conn) = empty_view().await;
-        let outcome = apply_batch(&mut conn, &partition(0), &batch, 2)
+        let outcome = apply_batch(&mut conn, policy, &partition(0), &batch, 2)
             .await
             .unwrap();
         let loser = batch
@@ -234,11 +276,11 @@ async fn two_versions_of_a_command_keep_the_earliest_log_time_in_any_order() {
 
     // In two batches: the later log time second loses ...
     let (_, mut conn) = empty_view().await;
-    apply_batch(&mut conn, &partition(0), &[early], 1)
+    apply_batch(&mut conn, policy, &partition(0), &[early], 1)
         .await
         .unwrap();
     let second = ProjectedRecord { offset: 0, ..late };
-    let outcome = apply_batch(&mut conn, &partition(1), &[second], 1)
+    let outcome = apply_batch(&mut conn, policy, &partition(1), &[second], 1)
         .await
         .unwrap();
     assert_eq!(
@@ -255,10 +297,10 @@ async fn two_versions_of_a_command_keep_the_earliest_log_time_in_any_order() {
 
     // ... and the earlier log time second replaces the row it finds.
     let (_, mut conn) = empty_view().await;
-    apply_batch(&mut conn, &partition(1), &[second], 1)
+    apply_batch(&mut conn, policy, &partition(1), &[second], 1)
         .await
         .unwrap();
-    let outcome = apply_batch(&mut conn, &partition(0), &[early], 1)
+    let outcome = apply_batch(&mut conn, policy, &partition(0), &[early], 1)
         .await
         .unwrap();
     assert_eq!(
@@ -281,7 +323,7 @@ async fn two_versions_of_a_command_keep_the_earliest_log_time_in_any_order() {
         accepted_at: at(900),
         ..early
     };
-    let outcome = apply_batch(&mut conn, &partition(0), &[early, again], 2)
+    let outcome = apply_batch(&mut conn, policy, &partition(0), &[early, again], 2)
         .await
         .unwrap();
     assert!(outcome.conflicts.is_empty());
