@@ -35,6 +35,7 @@ use crate::engine::group::{ConsumerGroup, Membership};
 use crate::engine::pg_sink::PgSink;
 use crate::engine::pipeline::{Compiled, FileOutput, PipelineState, PipelineTable, TopicOutput};
 use crate::engine::status::GroupStatus;
+use crate::kafka::lag::GroupLag;
 use crate::metrics::Metrics;
 use crate::pipelines::store::{self, Stored};
 use crate::pipelines::{Definition, Sink as SinkDefinition, Start};
@@ -54,6 +55,8 @@ struct Running {
     definition: Definition,
     state: Arc<PipelineState>,
     groups: Vec<ConsumerGroup>,
+    /// Measures the pipeline's lag; made at the first measurement.
+    lag: Option<Arc<GroupLag>>,
 }
 
 /// What a pipeline looks like from outside: for `/ready` and the admin API.
@@ -187,6 +190,7 @@ impl PipelineManager {
             definition: definition.clone(),
             state,
             groups,
+            lag: None,
         })
     }
 
@@ -379,19 +383,25 @@ impl Actor for PipelineManager {
                 return;
             }
             act.measuring = true;
-            let settings = act.settings.clone();
-            let pipelines: Vec<(String, Vec<String>)> = act
+            let settings = &act.settings;
+            let pipelines: Vec<(String, Vec<String>, Arc<GroupLag>)> = act
                 .running
-                .iter()
-                .map(|(name, r)| (name.clone(), r.definition.topics.clone()))
+                .iter_mut()
+                .filter_map(|(name, r)| {
+                    if r.lag.is_none() {
+                        match GroupLag::new(settings, &group_id(name)) {
+                            Ok(lag) => r.lag = Some(Arc::new(lag)),
+                            Err(error) => tracing::debug!(pipeline = name, %error, "cannot measure the pipeline's lag"),
+                        }
+                    }
+                    let lag = r.lag.clone()?;
+                    Some((name.clone(), r.definition.topics.clone(), lag))
+                })
                 .collect();
             let measure = tokio::task::spawn_blocking(move || {
                 pipelines
                     .into_iter()
-                    .map(|(name, topics)| {
-                        let lag = crate::kafka::lag::group_lag(&settings, &group_id(&name), &topics);
-                        (name, lag)
-                    })
+                    .map(|(name, topics, lag)| (name, lag.measure(&topics)))
                     .collect::<Vec<_>>()
             });
             ctx.spawn(measure.into_actor(act).map(|measured, act, _ctx| {

@@ -102,26 +102,37 @@ impl Drop for LagMonitor {
     }
 }
 
-/// Records of `topics` that group `group_id` has not committed yet (a
-/// partition it never committed counts from the log's start): one
-/// measurement, blocking, for the pipelines' lag.
-pub fn group_lag(
-    settings: &Settings,
-    group_id: &str,
-    topics: &[String],
-) -> Result<i64, KafkaError> {
-    let offsets: BaseConsumer<TracingContext> = base_config(settings)
-        .set("group.id", group_id)
-        .set("enable.auto.commit", "false")
-        .create_with_context(TracingContext)?;
-    let mut total = 0;
-    for topic in topics {
-        total += positions(&offsets, topic)?
-            .values()
-            .map(|(next, high)| high - next)
-            .sum::<i64>();
+/// One group's lag, measured from outside the group by a client kept for
+/// it (for the pipelines' lag): a client per measurement would open a
+/// connection, start librdkafka's threads and fetch metadata every time.
+pub struct GroupLag {
+    /// Has the group's id, to read its committed offsets; never joins or commits.
+    offsets: BaseConsumer<TracingContext>,
+}
+
+impl GroupLag {
+    /// A client for `group_id`'s committed offsets.
+    pub fn new(settings: &Settings, group_id: &str) -> Result<Self, KafkaError> {
+        Ok(Self {
+            offsets: base_config(settings)
+                .set("group.id", group_id)
+                .set("enable.auto.commit", "false")
+                .create_with_context(TracingContext)?,
+        })
     }
-    Ok(total)
+
+    /// Records of `topics` that the group has not committed yet (a
+    /// partition it never committed counts from the log's start); blocks.
+    pub fn measure(&self, topics: &[String]) -> Result<i64, KafkaError> {
+        let mut total = 0;
+        for topic in topics {
+            total += positions(&self.offsets, topic)?
+                .values()
+                .map(|(next, high)| high - next)
+                .sum::<i64>();
+        }
+        Ok(total)
+    }
 }
 
 /// Per partition of `topic`: the next offset the group of `offsets` has

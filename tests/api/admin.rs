@@ -577,6 +577,14 @@ async fn get_shows_a_pipeline_running_failing_and_running_again_with_records_and
             })
             .collect::<Vec<_>>()
     );
+    // The lag gauge, measured from outside the group (a client kept for
+    // the pipeline), counts the blocked record; it is back at 0 below.
+    let gauge =
+        |records: i64| format!("chronolog_pipeline_lag_records{{pipeline=\"{name}\"}} {records}\n");
+    eventually("the pipeline's lag gauge at 1", || async {
+        app.metrics().render().contains(&gauge(1)).then_some(())
+    })
+    .await;
     diesel::sql_query(format!("ALTER TABLE {table} DROP CONSTRAINT refuse_all"))
         .execute(&mut conn)
         .await
@@ -591,6 +599,10 @@ async fn get_shows_a_pipeline_running_failing_and_running_again_with_records_and
         json!({"in": 5, "out": 4, "dropped": 1, "failed": 0})
     );
     assert_eq!(recovered["lag"], 0);
+    eventually("the pipeline's lag gauge back at 0", || async {
+        app.metrics().render().contains(&gauge(0)).then_some(())
+    })
+    .await;
 
     // Deleted, it stops in this process: gone from reads.
     assert_eq!(call(http, "DELETE", &url, Some(TOKEN), None).await.0, 204);
