@@ -90,7 +90,11 @@ pub async fn find_record(
 ///
 /// It is one statement (`ApplyBatch`, below), so one round trip and one
 /// implicit transaction: at a few rows per batch, PostgreSQL's cost is per
-/// statement and per transaction far more than per row.
+/// statement and per transaction far more than per row. The statement is a
+/// plain insert first (see [`InsertFirst`]); when a command id is already
+/// in the view it fails, and the batch is sent again as the upsert (a
+/// second round trip). `conn` must not be in a transaction: a failed
+/// statement would abort it, and the upsert with it.
 pub async fn apply_batch(
     conn: &mut AsyncPgConnection,
     insert_first: &InsertFirst,
@@ -126,9 +130,9 @@ pub async fn apply_batch(
         }
         winners[at] = kept;
     }
-    // One statement is its own transaction: a plain insert that meets a
-    // command id already in the view fails as a whole, and the batch is
-    // written again as the upsert.
+    // Outside a transaction, one statement is its own: a plain insert that
+    // meets a command id already in the view fails as a whole, and the
+    // batch is written again as the upsert.
     let rows = BatchRows::new(&winners);
     let plain = ApplyBatch::<false> {
         key,

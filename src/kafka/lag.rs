@@ -106,18 +106,21 @@ impl Drop for LagMonitor {
 /// it (for the pipelines' lag): a client per measurement would open a
 /// connection, start librdkafka's threads and fetch metadata every time.
 pub struct GroupLag {
-    /// Has the group's id, to read its committed offsets; never joins or commits.
-    offsets: BaseConsumer<TracingContext>,
+    /// Has the group's id, to read its committed offsets; never joins or
+    /// commits. Always there but while being dropped.
+    offsets: Option<BaseConsumer<TracingContext>>,
 }
 
 impl GroupLag {
     /// A client for `group_id`'s committed offsets.
     pub fn new(settings: &Settings, group_id: &str) -> Result<Self, KafkaError> {
         Ok(Self {
-            offsets: base_config(settings)
-                .set("group.id", group_id)
-                .set("enable.auto.commit", "false")
-                .create_with_context(TracingContext)?,
+            offsets: Some(
+                base_config(settings)
+                    .set("group.id", group_id)
+                    .set("enable.auto.commit", "false")
+                    .create_with_context(TracingContext)?,
+            ),
         })
     }
 
@@ -126,12 +129,44 @@ impl GroupLag {
     pub fn measure(&self, topics: &[String]) -> Result<i64, KafkaError> {
         let mut total = 0;
         for topic in topics {
-            total += positions(&self.offsets, topic)?
-                .values()
-                .map(|(next, high)| high - next)
-                .sum::<i64>();
+            if let Some(offsets) = &self.offsets {
+                total += positions(offsets, topic)?
+                    .values()
+                    .map(|(next, high)| high - next)
+                    .sum::<i64>();
+            }
         }
         Ok(total)
+    }
+}
+
+impl Drop for GroupLag {
+    /// Closing a client with a group id blocks (it empties its queue and
+    /// joins its threads): off the async thread it is dropped on.
+    fn drop(&mut self) {
+        if let Some(offsets) = self.offsets.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(offsets))),
+                Err(_) => drop(offsets),
+            }
+        }
+    }
+}
+
+/// At most this many queued events are handed over per measurement.
+const MAX_EVENTS_PER_DRAIN: usize = 1024;
+
+/// Hands a client's queued events (log lines, errors) to its context: with
+/// a group id they go to the client's own queue, which only a poll empties,
+/// and a client that only answers queries is never polled otherwise.
+fn drain_events(client: &BaseConsumer<TracingContext>) {
+    for _ in 0..MAX_EVENTS_PER_DRAIN {
+        match client.poll(Duration::ZERO) {
+            None => return,
+            Some(Err(error)) => tracing::debug!(%error, "lag client event"),
+            // It is assigned no partition: no record comes.
+            Some(Ok(_)) => {}
+        }
     }
 }
 
@@ -141,6 +176,7 @@ fn positions(
     offsets: &BaseConsumer<TracingContext>,
     topic: &str,
 ) -> Result<BTreeMap<i32, (i64, i64)>, KafkaError> {
+    drain_events(offsets);
     let partitions = topic_partitions(offsets, topic, REQUEST_TIMEOUT)?;
     let mut query = TopicPartitionList::new();
     for &p in &partitions {

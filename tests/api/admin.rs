@@ -577,8 +577,8 @@ async fn get_shows_a_pipeline_running_failing_and_running_again_with_records_and
             })
             .collect::<Vec<_>>()
     );
-    // The lag gauge, measured from outside the group (a client kept for
-    // the pipeline), counts the blocked record; it is back at 0 below.
+    // The lag gauge, measured from outside the group, counts the blocked
+    // record; it is back at 0 below.
     let gauge =
         |records: i64| format!("chronolog_pipeline_lag_records{{pipeline=\"{name}\"}} {records}\n");
     eventually("the pipeline's lag gauge at 1", || async {

@@ -870,8 +870,10 @@ async fn a_later_record_with_a_key_already_in_the_table_replaces_its_row() {
         })
         .await;
     };
-    // A new key, then (likely in one batch) a new key, an existing one and
-    // a new one, then an existing key from another partition.
+    // A new key (a plain insert), then (likely in one batch) a new key, an
+    // existing one and a new one (the insert fails, the batch is upserted),
+    // then an existing key from another partition (upserted at once: the
+    // sink is within its upserts after a conflict).
     written.extend([produce(0, "a", 1).await]);
     caught_up(&written).await;
     written.extend([
@@ -882,8 +884,6 @@ async fn a_later_record_with_a_key_already_in_the_table_replaces_its_row() {
     caught_up(&written).await;
     written.extend([produce(1, "d", 5).await, produce(1, "a", 6).await]);
     caught_up(&written).await;
-    assert_eq!(written.len(), 4);
-    assert_eq!(written["a"].0, 6);
     app.stop().await;
 }
 

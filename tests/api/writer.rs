@@ -62,9 +62,10 @@ fn applied(inserted: usize, skipped: usize, next_offset: i64) -> BatchApplied {
     }
 }
 
-/// The view's insert-first policy, fresh (a batch is tried as a plain
-/// insert first) or just after a conflict (batches go straight to the
-/// upsert): every outcome below is the same either way.
+/// The view's insert-first policy, fresh (batches are tried as plain
+/// inserts until one conflicts, then upserted) or just after a conflict
+/// (every batch of a test goes straight to the upsert): every outcome
+/// below is the same either way.
 fn policies() -> [InsertFirst; 2] {
     let upserting = InsertFirst::default();
     let conflict = diesel::result::Error::DatabaseError(
