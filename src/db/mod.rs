@@ -19,7 +19,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures::FutureExt;
 
 pub use connect::{DatabaseUrl, InvalidDatabaseUrl};
-pub use insert_first::{InsertFirst, UPSERTS_AFTER_A_CONFLICT};
+pub use insert_first::InsertFirst;
 
 /// Migrations from `migrations/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");

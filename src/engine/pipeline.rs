@@ -335,18 +335,9 @@ fn count_out(state: &PipelineState, records: &[Decoded<Processed>]) {
 /// A pipeline's PostgreSQL table: `(key, doc, source_topic,
 /// source_partition, source_offset, pipeline_version, written_at)`.
 ///
-/// A later record with the same key replaces the row. `INSERT … ON
-/// CONFLICT DO UPDATE` does that, but pays for it on every row: a lookup
-/// of the key before the insert, the insert's own, and a second WAL record
-/// confirming the speculative insertion; inserting 4,500 new rows into
-/// 200,000 took about 30% longer than a plain `INSERT` of them. Most
-/// batches hold only new keys (a key path is usually an id), so a batch is
-/// first written as a plain `INSERT` inside a savepoint; if a key is
-/// already there (a unique violation), the savepoint is rolled back and
-/// the batch is written as the upsert. After such a conflict, the next
-/// [`UPSERTS_AFTER_A_CONFLICT`] batches go straight to the upsert, so a
-/// pipeline whose keys repeat (a table of latest states) wastes at most
-/// one attempt in that many batches.
+/// A later record with the same key replaces the row: a batch is tried as a
+/// plain `INSERT` in a savepoint first and upserted when a key was already
+/// there (see [`InsertFirst`]).
 pub struct PipelineTable {
     state: Arc<PipelineState>,
     insert: String,

@@ -52,10 +52,7 @@ impl LagMonitor {
     pub fn start(settings: &Settings, metrics: Arc<Metrics>) -> Result<Self, KafkaError> {
         let probe = Probe {
             topic: settings.kafka_topic.clone(),
-            offsets: base_config(settings)
-                .set("group.id", &settings.kafka_group_id)
-                .set("enable.auto.commit", "false")
-                .create_with_context(TracingContext)?,
+            offsets: offsets_client(settings, &settings.kafka_group_id)?,
             // librdkafka assigns through a group handle, so the reader needs a
             // group id of its own; it never subscribes or commits.
             reader: base_config(settings)
@@ -115,26 +112,22 @@ impl GroupLag {
     /// A client for `group_id`'s committed offsets.
     pub fn new(settings: &Settings, group_id: &str) -> Result<Self, KafkaError> {
         Ok(Self {
-            offsets: Some(
-                base_config(settings)
-                    .set("group.id", group_id)
-                    .set("enable.auto.commit", "false")
-                    .create_with_context(TracingContext)?,
-            ),
+            offsets: Some(offsets_client(settings, group_id)?),
         })
     }
 
     /// Records of `topics` that the group has not committed yet (a
     /// partition it never committed counts from the log's start); blocks.
     pub fn measure(&self, topics: &[String]) -> Result<i64, KafkaError> {
+        let Some(offsets) = &self.offsets else {
+            return Ok(0);
+        };
         let mut total = 0;
         for topic in topics {
-            if let Some(offsets) = &self.offsets {
-                total += positions(offsets, topic)?
-                    .values()
-                    .map(|(next, high)| high - next)
-                    .sum::<i64>();
-            }
+            total += positions(offsets, topic)?
+                .values()
+                .map(|(next, high)| high - next)
+                .sum::<i64>();
         }
         Ok(total)
     }
@@ -151,6 +144,18 @@ impl Drop for GroupLag {
             }
         }
     }
+}
+
+/// A client with `group_id`'s id, to read its committed offsets; it never
+/// joins the group or commits.
+fn offsets_client(
+    settings: &Settings,
+    group_id: &str,
+) -> Result<BaseConsumer<TracingContext>, KafkaError> {
+    base_config(settings)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .create_with_context(TracingContext)
 }
 
 /// At most this many queued events are handed over per measurement.

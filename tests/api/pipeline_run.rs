@@ -74,6 +74,15 @@ fn name() -> String {
     unique("pipe")
 }
 
+/// A topic beside the app's command topic, created: `<topic>.<suffix>`.
+async fn second_topic(app: &TestApp, suffix: &str) -> String {
+    let topic = format!("{}.{suffix}", app.settings.kafka_topic);
+    chronolog::kafka::admin::ensure_named_topics(&app.settings, std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    topic
+}
+
 #[actix_rt::test]
 async fn a_filter_that_drops_and_one_that_adds_a_field_are_applied_row_by_row() {
     let app = TestApp::spawn().await;
@@ -614,10 +623,7 @@ async fn file_and_kafka_sinks_hold_every_record_after_consumers_are_killed_mid_s
 #[actix_rt::test]
 async fn a_kafka_sink_keys_and_labels_every_output_record() {
     let app = TestApp::spawn().await;
-    let out = format!("{}.out", app.settings.kafka_topic);
-    chronolog::kafka::admin::ensure_named_topics(&app.settings, std::slice::from_ref(&out))
-        .await
-        .unwrap();
+    let out = second_topic(&app, "out").await;
     let pipeline = name();
     apply(
         &app,
@@ -789,10 +795,7 @@ async fn two_consumer_processes_split_a_pipeline_and_both_take_a_change_and_refu
 #[actix_rt::test]
 async fn a_pipeline_reads_several_topics_into_one_sink() {
     let app = TestApp::spawn().await;
-    let other = format!("{}.other", app.settings.kafka_topic);
-    chronolog::kafka::admin::ensure_named_topics(&app.settings, std::slice::from_ref(&other))
-        .await
-        .unwrap();
+    let other = second_topic(&app, "other").await;
     let table = table();
     apply(
         &app,
@@ -828,10 +831,7 @@ async fn a_pipeline_reads_several_topics_into_one_sink() {
 #[actix_rt::test]
 async fn a_later_record_with_a_key_already_in_the_table_replaces_its_row() {
     let app = TestApp::spawn().await;
-    let topic = format!("{}.keyed", app.settings.kafka_topic);
-    chronolog::kafka::admin::ensure_named_topics(&app.settings, std::slice::from_ref(&topic))
-        .await
-        .unwrap();
+    let topic = second_topic(&app, "keyed").await;
     let table = table();
     apply(
         &app,
