@@ -104,7 +104,7 @@ pub async fn pipelines_replay(settings: &Settings, options: &ReplayOptions) -> a
             Sink::Postgres { table, .. } => {
                 let pool = crate::db::pool(&settings.database_url, settings.database_pool_size);
                 let mut conn = pool.get().await.context("DATABASE_URL: cannot connect")?;
-                PipelineTable::create(&mut conn, table).await?;
+                PipelineTable::prepare(&mut conn, table).await?;
                 drop(conn);
                 let sink = PgSink::new(pool, PipelineTable::new(state.clone(), table));
                 replay::replay(settings, &replay, Arc::new(sink)).await?

@@ -17,6 +17,11 @@
 //! * a deleted pipeline stops: its partitions drain (the batches in flight
 //!   are written and acknowledged), its sink is kept.
 //!
+//! A pipeline that cannot start (its table is there but cannot take its
+//! rows, its file cannot be opened, ...) is reported by the admin API with
+//! the reason and tried again every [`RETRY`], so that mending the cause is
+//! enough, without a change to the definition.
+//!
 //! Every process that runs the consumer role does the same, so a change
 //! stored by any process reaches all of them within [`POLL`] and a batch.
 //! Changing a pipeline's topics or sink is refused when it is applied; should
@@ -24,7 +29,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
@@ -33,7 +38,9 @@ use crate::config::Settings;
 use crate::db::{DbError, Pool};
 use crate::engine::group::{ConsumerGroup, Membership};
 use crate::engine::pg_sink::PgSink;
-use crate::engine::pipeline::{Compiled, FileOutput, PipelineState, PipelineTable, TopicOutput};
+use crate::engine::pipeline::{
+    Compiled, FileOutput, PipelineState, PipelineTable, TableError, TopicOutput,
+};
 use crate::engine::status::GroupStatus;
 use crate::kafka::lag::GroupLag;
 use crate::metrics::Metrics;
@@ -42,6 +49,8 @@ use crate::pipelines::{Definition, Sink as SinkDefinition, Start};
 
 /// How often the stored definitions are checked for a change.
 pub const POLL: Duration = Duration::from_millis(500);
+/// How long a pipeline that could not start waits before it is tried again.
+pub const RETRY: Duration = Duration::from_secs(5);
 /// How often each pipeline's lag is measured.
 const LAG_EVERY: Duration = Duration::from_secs(2);
 
@@ -61,11 +70,19 @@ struct Running {
 
 /// What a pipeline looks like from outside: for `/ready` and the admin API.
 #[derive(Clone)]
-pub struct PipelineStatus {
-    /// The version it runs.
-    pub version: i32,
-    /// Its groups' partitions.
-    pub groups: Vec<Arc<GroupStatus>>,
+pub enum PipelineStatus {
+    /// It runs.
+    Running {
+        /// The version it runs.
+        version: i32,
+        /// Its groups' partitions.
+        groups: Vec<Arc<GroupStatus>>,
+    },
+    /// It could not start; it is tried again every [`RETRY`].
+    NotStarted {
+        /// Why.
+        problem: String,
+    },
 }
 
 /// Runs the stored pipelines.
@@ -83,6 +100,10 @@ pub struct PipelineManager {
     /// Dead-letter topics created (or being created) for pipelines' topics.
     dead_letter_topics: std::collections::HashSet<String>,
     running: HashMap<String, Running>,
+    /// The pipelines that could not start, and why.
+    not_started: HashMap<String, String>,
+    /// When to read the definitions again for them, changed or not.
+    retry_at: Option<Instant>,
 }
 
 impl PipelineManager {
@@ -104,20 +125,29 @@ impl PipelineManager {
             measuring: false,
             dead_letter_topics: std::collections::HashSet::new(),
             running: HashMap::new(),
+            not_started: HashMap::new(),
+            retry_at: None,
         }
     }
 
-    /// Starts `stored`; `None` when it cannot (logged).
-    fn start_pipeline(&self, stored: &Stored) -> Option<Running> {
+    /// Starts `stored`, unless its table cannot take its rows (`table`);
+    /// the reason it cannot start, logged.
+    fn start_pipeline(&self, stored: &Stored, table: Option<&String>) -> Result<Running, String> {
         let definition = &stored.definition;
         let name = definition.name.as_str();
-        let compiled = match compile(stored) {
-            Ok(compiled) => compiled,
-            Err(error) => {
-                tracing::error!(pipeline = name, version = stored.version, %error, "cannot compile the pipeline; not started");
-                return None;
-            }
+        let not_started = |problem: String| {
+            tracing::error!(
+                pipeline = name,
+                version = stored.version,
+                problem,
+                "the pipeline cannot start; trying again in {RETRY:?}"
+            );
+            problem
         };
+        if let Some(problem) = table {
+            return Err(not_started(problem.clone()));
+        }
+        let compiled = compile(stored).map_err(|e| not_started(e.to_string()))?;
         let state = PipelineState::new(name, compiled, self.metrics.clone());
         let membership = match definition.start {
             Start::Earliest => Membership::Subscribe,
@@ -128,10 +158,7 @@ impl PipelineManager {
         let file = match &definition.sink {
             SinkDefinition::File { path } => match FileOutput::open(state.clone(), path) {
                 Ok(output) => Some(Arc::new(output)),
-                Err(error) => {
-                    tracing::error!(pipeline = name, path, %error, "cannot open the pipeline's file; not started");
-                    return None;
-                }
+                Err(error) => return Err(not_started(format!("cannot open {path}: {error}"))),
             },
             _ => None,
         };
@@ -171,13 +198,12 @@ impl PipelineManager {
             match started {
                 Ok(group) => groups.push(group),
                 Err(error) => {
-                    tracing::error!(pipeline = name, topic, %error, "cannot start the pipeline");
                     let stopping = std::mem::take(&mut groups);
                     actix::spawn(async move {
                         futures::future::join_all(stopping.into_iter().map(ConsumerGroup::stop))
                             .await;
                     });
-                    return None;
+                    return Err(not_started(format!("cannot read {topic}: {error}")));
                 }
             }
         }
@@ -186,7 +212,7 @@ impl PipelineManager {
             .with_label_values(&[name])
             .set(i64::from(stored.version));
         tracing::info!(pipeline = name, version = stored.version, topics = ?definition.topics, sink = store::describe_sink(&definition.sink), "pipeline started");
-        Some(Running {
+        Ok(Running {
             definition: definition.clone(),
             state,
             groups,
@@ -213,8 +239,10 @@ impl PipelineManager {
         .map_err(|e| e.to_string())
     }
 
-    /// Brings the running pipelines in line with `current`.
-    fn reconcile(&mut self, current: Vec<Stored>) {
+    /// Brings the running pipelines in line with `current`; `tables` says
+    /// why a pipeline's table cannot take its rows.
+    fn reconcile(&mut self, current: Vec<Stored>, tables: &HashMap<String, String>) {
+        self.not_started.clear();
         let wanted: HashMap<String, Stored> = current
             .into_iter()
             .map(|s| (s.definition.name.clone(), s))
@@ -270,15 +298,22 @@ impl PipelineManager {
                             false,
                         );
                     }
-                    if let Some(running) = self.start_pipeline(&stored) {
-                        self.running.insert(name, running);
-                    }
+                    self.start(stored, tables);
                 }
-                None => {
-                    if let Some(running) = self.start_pipeline(&stored) {
-                        self.running.insert(name, running);
-                    }
-                }
+                None => self.start(stored, tables),
+            }
+        }
+        self.retry_at = (!self.not_started.is_empty()).then(|| Instant::now() + RETRY);
+    }
+
+    fn start(&mut self, stored: Stored, tables: &HashMap<String, String>) {
+        let name = stored.definition.name.clone();
+        match self.start_pipeline(&stored, tables.get(&name)) {
+            Ok(running) => {
+                self.running.insert(name, running);
+            }
+            Err(problem) => {
+                self.not_started.insert(name, problem);
             }
         }
     }
@@ -300,21 +335,44 @@ impl PipelineManager {
         });
     }
 
-    /// Reads what changed; creates the tables of postgres sinks first, so
-    /// that a batch never meets a missing table.
-    async fn check(pool: Pool, seen: i64) -> Result<Option<(i64, Vec<Stored>)>, DbError> {
+    /// Reads what changed (everything when `seen` is `None`); prepares the
+    /// tables of postgres sinks first, so that a batch never meets a missing
+    /// table, and answers why a pipeline's table cannot take its rows. A
+    /// lost connection fails the whole check, to be tried again.
+    async fn check(pool: Pool, seen: Option<i64>) -> Result<Option<Checked>, DbError> {
         let mut conn = crate::db::checkout(&pool).await?;
-        if store::last_change(&mut conn).await? == seen {
+        if Some(store::last_change(&mut conn).await?) == seen {
             return Ok(None);
         }
         let snapshot = store::snapshot(&mut conn).await?;
+        let mut tables = HashMap::new();
         for stored in &snapshot.pipelines {
             if let SinkDefinition::Postgres { table, .. } = &stored.definition.sink {
-                PipelineTable::create(&mut conn, table).await?;
+                match PipelineTable::prepare(&mut conn, table).await {
+                    Ok(()) => {}
+                    Err(TableError::Db(error)) if error.is_connection_lost() => return Err(error),
+                    Err(error) => {
+                        tables.insert(stored.definition.name.clone(), error.to_string());
+                    }
+                }
             }
         }
-        Ok(Some((snapshot.change, snapshot.pipelines)))
+        Ok(Some(Checked {
+            change: snapshot.change,
+            pipelines: snapshot.pipelines,
+            tables,
+        }))
     }
+}
+
+/// What a check of the definitions read.
+struct Checked {
+    /// The last change.
+    change: i64,
+    /// Every current definition.
+    pipelines: Vec<Stored>,
+    /// Why a pipeline's table cannot take its rows, by pipeline.
+    tables: HashMap<String, String>,
 }
 
 impl PipelineManager {
@@ -362,13 +420,15 @@ impl Actor for PipelineManager {
                 return;
             }
             act.checking = true;
-            let check = Self::check(act.pool.clone(), act.seen);
+            // Pipelines that could not start are tried again, changed or not.
+            let retry = act.retry_at.is_some_and(|at| at <= Instant::now());
+            let check = Self::check(act.pool.clone(), (!retry).then_some(act.seen));
             ctx.spawn(check.into_actor(act).map(|result, act, _ctx| {
                 act.checking = false;
                 match result {
-                    Ok(Some((change, current))) => {
-                        act.seen = change;
-                        act.reconcile(current);
+                    Ok(Some(checked)) => {
+                        act.seen = checked.change;
+                        act.reconcile(checked.pipelines, &checked.tables);
                         act.ensure_dead_letter_topics();
                     }
                     Ok(None) => {}
@@ -453,19 +513,19 @@ impl Handler<PipelineStatuses> for PipelineManager {
     type Result = MessageResult<PipelineStatuses>;
 
     fn handle(&mut self, _msg: PipelineStatuses, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(
-            self.running
-                .iter()
-                .map(|(name, running)| {
-                    (
-                        name.clone(),
-                        PipelineStatus {
-                            version: running.state.version(),
-                            groups: running.groups.iter().map(ConsumerGroup::status).collect(),
-                        },
-                    )
-                })
-                .collect(),
-        )
+        let running = self.running.iter().map(|(name, running)| {
+            let status = PipelineStatus::Running {
+                version: running.state.version(),
+                groups: running.groups.iter().map(ConsumerGroup::status).collect(),
+            };
+            (name.clone(), status)
+        });
+        let not_started = self.not_started.iter().map(|(name, problem)| {
+            let status = PipelineStatus::NotStarted {
+                problem: problem.clone(),
+            };
+            (name.clone(), status)
+        });
+        MessageResult(running.chain(not_started).collect())
     }
 }

@@ -301,11 +301,15 @@ pub struct PipelineView {
     #[schema(value_type = PipelineDefinitionSchema)]
     pub definition: Value,
     /// `running`; `failing` (a partition is blocked, retrying or stopped
-    /// with a problem); `stopped` (stored but not running in this process:
-    /// not picked up yet, or it could not start — see the log). `null`: this
-    /// process does not run the pipelines (it has no consumer role): ask
-    /// the consumer port.
+    /// with a problem, or the pipeline could not start here and is tried
+    /// again every few seconds: see `problem`); `stopped` (stored but not
+    /// picked up by this process yet). `null`: this process does not run the
+    /// pipelines (it has no consumer role): ask the consumer port.
     pub status: Option<String>,
+    /// Why the pipeline could not start in this process (for instance, a
+    /// table of its sink's name that cannot take its rows); `null` when it
+    /// runs or is not run here.
+    pub problem: Option<String>,
     /// The version this process runs (it may trail `version` for up to a
     /// poll after a change); `null` when not running here.
     pub running_version: Option<i32>,
@@ -496,6 +500,7 @@ fn view(
         applied_at: rfc3339(&stored.applied_at),
         definition: definition.to_json(),
         status: None,
+        problem: None,
         running_version: None,
         records: None,
         lag: None,
@@ -505,17 +510,26 @@ fn view(
         return view;
     };
     view.records = Some(records(metrics, &definition.name));
-    let Some(status) = statuses.get(&definition.name) else {
-        view.status = Some("stopped".into());
-        view.partitions = Some(Vec::new());
-        return view;
+    let (version, groups) = match statuses.get(&definition.name) {
+        Some(PipelineStatus::Running { version, groups }) => (*version, groups),
+        Some(PipelineStatus::NotStarted { problem }) => {
+            view.status = Some("failing".into());
+            view.problem = Some(problem.clone());
+            view.partitions = Some(Vec::new());
+            return view;
+        }
+        None => {
+            view.status = Some("stopped".into());
+            view.partitions = Some(Vec::new());
+            return view;
+        }
     };
-    view.running_version = Some(status.version);
+    view.running_version = Some(version);
     // The manager runs one group per topic, in the definition's (sorted)
     // order; topics cannot change without a restart under the same name.
     let mut partitions = Vec::new();
-    if status.groups.len() == definition.topics.len() {
-        for (topic, group) in definition.topics.iter().zip(&status.groups) {
+    if groups.len() == definition.topics.len() {
+        for (topic, group) in definition.topics.iter().zip(groups) {
             let committed = group.committed();
             let problems = group.problems();
             let blocked = group.blocked();

@@ -87,6 +87,22 @@ async fn connect(settings: &Settings) -> AsyncPgConnection {
         .expect("connects")
 }
 
+/// The keys of a pipeline's `table`, sorted; an error when it is not there
+/// (yet).
+async fn keys(settings: &Settings, table: &str) -> diesel::QueryResult<Vec<String>> {
+    #[derive(diesel::QueryableByName)]
+    struct Key {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        key: String,
+    }
+    let rows: Vec<Key> = diesel::sql_query(format!("SELECT key FROM {table}"))
+        .load(&mut connect(settings).await)
+        .await?;
+    let mut keys: Vec<String> = rows.into_iter().map(|k| k.key).collect();
+    keys.sort();
+    Ok(keys)
+}
+
 /// Every admin route, with a concrete path, as `(method, path)`.
 fn routes(name: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -243,6 +259,7 @@ async fn a_missing_or_wrong_token_is_401_on_the_query_and_the_consumer_port() {
             "sink": {"type": "postgres", "table": table, "key": ".command_id"},
         },
         "status": null,
+        "problem": null,
         "running_version": null,
         "records": null,
         "lag": null,
@@ -607,5 +624,107 @@ async fn get_shows_a_pipeline_running_failing_and_running_again_with_records_and
     // Deleted, it stops in this process: gone from reads.
     assert_eq!(call(http, "DELETE", &url, Some(TOKEN), None).await.0, 204);
     assert_eq!(call(http, "GET", &url, Some(TOKEN), None).await.0, 404);
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_pipeline_whose_table_cannot_take_its_rows_waits_failing_until_the_table_is_mended() {
+    let app = TestApp::spawn_with(admin_settings().await, &[]).await;
+    let (http, base) = (&app.http, app.query_url());
+    let mut conn = connect(&app.settings).await;
+    // Tables made by hand under the names of two pipelines' sinks: one
+    // without a unique key (a batch, inserted first, would take a key
+    // twice), one without two columns; a third pipeline's table is made by
+    // chronolog.
+    let (unkeyed, narrow, fresh) = (table(), table(), table());
+    diesel::sql_query(format!(
+        "CREATE TABLE {unkeyed} (key text, doc jsonb, source_topic text, \
+         source_partition int, source_offset bigint, pipeline_version int, \
+         written_at timestamptz DEFAULT now())"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    diesel::sql_query(format!(
+        "CREATE TABLE {narrow} (key text PRIMARY KEY, doc jsonb, source_topic text, \
+         source_partition int, source_offset bigint)"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let names = [unique("admin"), unique("admin"), unique("admin")];
+    for (name, table) in names.iter().zip([&unkeyed, &narrow, &fresh]) {
+        let body = definition(&app.settings.kafka_topic, table, &[]);
+        let url = format!("{base}/admin/pipelines/{name}");
+        assert_eq!(
+            call(http, "PUT", &url, Some(TOKEN), Some(&body)).await.0,
+            201
+        );
+    }
+    let mut expected = Vec::new();
+    for _ in 0..5 {
+        expected.push(app.accept(Some("2009-09-28T19:03:12Z")).await.to_string());
+    }
+    expected.sort();
+
+    // The pipeline with a good table runs and writes every record; the
+    // other two say why they do not start, and have written nothing.
+    eventually("the fresh table holds every record", || async {
+        (keys(&app.settings, &fresh).await.ok()? == expected).then_some(())
+    })
+    .await;
+    let shown = |name: &String| {
+        let url = format!("{base}/admin/pipelines/{name}");
+        async move { call(http, "GET", &url, Some(TOKEN), None).await.2 }
+    };
+    let problem = |table: &String, why: &str| {
+        json!(format!(
+            "table \"{table}\" cannot take the pipeline's rows: {why}"
+        ))
+    };
+    for (name, table, why) in [
+        (
+            &names[0],
+            &unkeyed,
+            "it has no unique index on (key) alone, so a later record could not replace its \
+             key's row",
+        ),
+        (
+            &names[1],
+            &narrow,
+            "it has no column pipeline_version, written_at",
+        ),
+    ] {
+        let view = shown(name).await;
+        assert_eq!(
+            (&view["status"], &view["problem"], &view["running_version"]),
+            (&json!("failing"), &problem(table, why), &Value::Null),
+            "{view}"
+        );
+        assert_eq!(view["partitions"], json!([]));
+        assert_eq!(
+            keys(&app.settings, table).await.unwrap(),
+            Vec::<String>::new()
+        );
+    }
+    assert_eq!(shown(&names[2]).await["problem"], Value::Null);
+
+    // Mended, the first starts without a change to its definition and
+    // writes every record once; the second still waits.
+    diesel::sql_query(format!("ALTER TABLE {unkeyed} ADD PRIMARY KEY (key)"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    eventually("the mended table holds every record", || async {
+        (keys(&app.settings, &unkeyed).await.ok()? == expected).then_some(())
+    })
+    .await;
+    let view = shown(&names[0]).await;
+    assert_eq!(
+        (&view["status"], &view["problem"], &view["version"]),
+        (&json!("running"), &Value::Null, &json!(1)),
+        "{view}"
+    );
+    assert_eq!(shown(&names[1]).await["status"], "failing");
     app.stop().await;
 }

@@ -499,6 +499,31 @@ async fn a_replay_into_a_new_table_equals_the_live_pipeline_and_a_new_definition
         assert_eq!(keys, expected, "{flag} {instant}: {stderr}");
     }
 
+    // A table of that name already there that cannot take the rows (no
+    // unique key): refused before anything is written.
+    let unkeyed = table();
+    let mut conn = AsyncPgConnection::establish(app.settings.database_url.expose())
+        .await
+        .unwrap();
+    diesel::sql_query(format!(
+        "CREATE TABLE {unkeyed} (key text, doc jsonb, source_topic text, source_partition int, \
+         source_offset bigint, pipeline_version int, written_at timestamptz)"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let refused = replay(&app, &[&pipeline, "--sink-table", &unkeyed]).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "Error: table \"{unkeyed}\" cannot take the pipeline's rows: it has no unique index \
+             on (key) alone"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(rows(&app, &unkeyed).await, Vec::new());
+
     // No sink, or two: refused before anything runs.
     let refused = replay(&app, &[&pipeline]).await;
     assert_eq!(refused.status.code(), Some(2));
