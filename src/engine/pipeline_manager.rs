@@ -131,23 +131,14 @@ impl PipelineManager {
     }
 
     /// Starts `stored`, unless its table cannot take its rows (`table`);
-    /// the reason it cannot start, logged.
+    /// else the reason it cannot start.
     fn start_pipeline(&self, stored: &Stored, table: Option<&String>) -> Result<Running, String> {
         let definition = &stored.definition;
         let name = definition.name.as_str();
-        let not_started = |problem: String| {
-            tracing::error!(
-                pipeline = name,
-                version = stored.version,
-                problem,
-                "the pipeline cannot start; trying again in {RETRY:?}"
-            );
-            problem
-        };
         if let Some(problem) = table {
-            return Err(not_started(problem.clone()));
+            return Err(problem.clone());
         }
-        let compiled = compile(stored).map_err(|e| not_started(e.to_string()))?;
+        let compiled = compile(stored).map_err(|e| e.to_string())?;
         let state = PipelineState::new(name, compiled, self.metrics.clone());
         let membership = match definition.start {
             Start::Earliest => Membership::Subscribe,
@@ -158,7 +149,7 @@ impl PipelineManager {
         let file = match &definition.sink {
             SinkDefinition::File { path } => match FileOutput::open(state.clone(), path) {
                 Ok(output) => Some(Arc::new(output)),
-                Err(error) => return Err(not_started(format!("cannot open {path}: {error}"))),
+                Err(error) => return Err(format!("cannot open {path}: {error}")),
             },
             _ => None,
         };
@@ -203,7 +194,7 @@ impl PipelineManager {
                         futures::future::join_all(stopping.into_iter().map(ConsumerGroup::stop))
                             .await;
                     });
-                    return Err(not_started(format!("cannot read {topic}: {error}")));
+                    return Err(format!("cannot read {topic}: {error}"));
                 }
             }
         }
@@ -242,7 +233,7 @@ impl PipelineManager {
     /// Brings the running pipelines in line with `current`; `tables` says
     /// why a pipeline's table cannot take its rows.
     fn reconcile(&mut self, current: Vec<Stored>, tables: &HashMap<String, String>) {
-        self.not_started.clear();
+        let before = std::mem::take(&mut self.not_started);
         let wanted: HashMap<String, Stored> = current
             .into_iter()
             .map(|s| (s.definition.name.clone(), s))
@@ -298,21 +289,36 @@ impl PipelineManager {
                             false,
                         );
                     }
-                    self.start(stored, tables);
+                    self.start(stored, tables, &before);
                 }
-                None => self.start(stored, tables),
+                None => self.start(stored, tables, &before),
             }
         }
         self.retry_at = (!self.not_started.is_empty()).then(|| Instant::now() + RETRY);
     }
 
-    fn start(&mut self, stored: Stored, tables: &HashMap<String, String>) {
+    /// Starts `stored`; a problem is logged when it is not the one
+    /// `before` had (a retry every [`RETRY`] does not repeat it).
+    fn start(
+        &mut self,
+        stored: Stored,
+        tables: &HashMap<String, String>,
+        before: &HashMap<String, String>,
+    ) {
         let name = stored.definition.name.clone();
         match self.start_pipeline(&stored, tables.get(&name)) {
             Ok(running) => {
                 self.running.insert(name, running);
             }
             Err(problem) => {
+                if before.get(&name) != Some(&problem) {
+                    tracing::error!(
+                        pipeline = name,
+                        version = stored.version,
+                        problem,
+                        "the pipeline cannot start; trying again every {RETRY:?}"
+                    );
+                }
                 self.not_started.insert(name, problem);
             }
         }
