@@ -361,6 +361,39 @@ replay_round() {
   log "  round $1: COPY $copy_rate rows/s, replay $rate rows/s ($rows rows in ${seconds}s), ratio $(ratio "$rate" "$copy_rate")"
 }
 
+# copy_seconds DB TABLE FILE: seconds taken by psql's binary COPY of FILE
+# into TABLE.
+copy_seconds() {
+  { /usr/bin/env time -f %e psql -q "$1" -c "\\copy $2 FROM '$3' (FORMAT binary)" ; } 2>&1 | tail -1
+}
+
+# pipeline_copy_round ROUND DB: PostgreSQL's own rate for the pipeline's rows (in
+# DB's bench_pipeline) against the view's rows, each by binary COPY into an
+# identical empty table (the jsonb parsed from text as the sink's is, no CSV
+# quoting); appends "ratio pipeline-rows/s view-rows/s" to
+# pipeline-copy-rounds.txt. What the pipeline-against-view ratio can reach is
+# bounded by what PostgreSQL alone does with the two kinds of row.
+pipeline_copy_round() {
+  local db=$2 view_db pipeline_seconds view_seconds
+  if [[ ! -s $WORK/view-rows.bin ]]; then
+    view_db=$(migrated_db viewrows)
+    psql -q "$view_db" -c "\\copy timestamp_records FROM '$WORK/rows.csv' CSV"
+    psql -q "$view_db" -c "\\copy timestamp_records TO '$WORK/view-rows.bin' (FORMAT binary)"
+    drop_db "$view_db"
+  fi
+  psql -q "$db" -c "\\copy bench_pipeline TO '$WORK/pipeline-rows.bin' (FORMAT binary)"
+  psql -q "$db" -c "CREATE TABLE bench_copy (LIKE bench_pipeline INCLUDING ALL)"
+  pipeline_seconds=$(copy_seconds "$db" bench_copy "$WORK/pipeline-rows.bin")
+  view_db=$(migrated_db viewcopy)
+  view_seconds=$(copy_seconds "$view_db" timestamp_records "$WORK/view-rows.bin")
+  drop_db "$view_db"
+  local p v
+  p=$(awk -v n="$RECORDS" -v s="$pipeline_seconds" 'BEGIN { printf "%.0f", n / s }')
+  v=$(awk -v n="$RECORDS" -v s="$view_seconds" 'BEGIN { printf "%.0f", n / s }')
+  echo "$(ratio "$p" "$v") $p $v" >>"$WORK/pipeline-copy-rounds.txt"
+  log "  round $1: binary COPY of the pipeline's rows $p rows/s, of the view's $v rows/s, ratio $(ratio "$p" "$v")"
+}
+
 # pipeline_round ROUND VIEW_RATE: the pipeline over the preloaded topic into
 # an empty database (a consumer role whose view reads an empty topic);
 # appends a line to pipeline-rounds.txt.
@@ -384,6 +417,7 @@ pipeline_round() {
   stop_app "$APP_PID"
   local kept; kept=$(psql -qtA "$db" -c "SELECT count(*) FROM bench_pipeline WHERE doc->>'year' = left(doc->>'event_timestamp', 4)")
   ((kept == RECORDS)) || die "the pipeline wrote $kept rows with the filtered year, expected $RECORDS"
+  pipeline_copy_round "$1" "$db"
   drop_db "$db"
   echo "$(ratio "$rate" "$2") $rate $2 $total $filter $cpu ${SINK_CPU_US:-n/a} $pg ${SINK_PG_US:-n/a}" >>"$WORK/pipeline-rounds.txt"
   log "  round $1: view $2 rows/s, pipeline $rate rows/s, ratio $(ratio "$rate" "$2"); filters ${filter} µs/record; CPU per record: chronolog ${cpu} µs (view ${SINK_CPU_US:-n/a}), PostgreSQL $pg µs (view ${SINK_PG_US:-n/a})"
@@ -425,6 +459,7 @@ with open(sys.argv[2], 'w') as f:
   : >"$WORK/sink-rounds.txt"
   : >"$WORK/rebuild-rounds.txt"
   : >"$WORK/pipeline-rounds.txt"
+  : >"$WORK/pipeline-copy-rounds.txt"
   : >"$WORK/replay-rounds.txt"
   SINK_RSS=0 REBUILD_RSS=0 PIPELINE_RSS=0 REPLAY_RSS=0
   for ((round = 1; round <= ROUNDS; round++)); do
@@ -447,6 +482,8 @@ with open(sys.argv[2], 'w') as f:
   if want pipeline; then
     read -r RATIO RATE VIEW TOTAL FILTER CPU VIEW_CPU PG VIEW_PG < <(median_round "$WORK/pipeline-rounds.txt")
     row "Pipeline (2 VRL filters → PostgreSQL)" "$RATE rows/s" "timestamp view (sink): $VIEW rows/s" "ratio $RATIO (median of $ROUNDS rounds, each right after a sink round: $(ratios_of "$WORK/pipeline-rounds.txt")); filters $FILTER µs per record (chronolog_pipeline_filter_seconds, JSON decoding excluded); CPU per record: chronolog $CPU µs against $VIEW_CPU for the view, PostgreSQL $PG µs against $VIEW_PG; ${TOTAL}s incl. group join; every row has the filtered year"
+    read -r RATIO RATE VIEW < <(median_round "$WORK/pipeline-copy-rounds.txt")
+    row "PostgreSQL alone: binary COPY of the pipeline's rows" "$RATE rows/s" "of the view's rows: $VIEW rows/s" "ratio $RATIO (median of $ROUNDS rounds, each after a pipeline round: $(ratios_of "$WORK/pipeline-copy-rounds.txt")); the pipeline's table (text key, jsonb document, source position) against the view's (uuid, two timestamps), each into an identical empty table"
     RSS+=("pipeline $PIPELINE_RSS MiB")
   fi
   if want replay; then
