@@ -336,10 +336,12 @@ async fn prefer_wait_is_cut_to_30_seconds_and_a_malformed_one_is_400() {
 
 #[actix_rt::test]
 async fn a_stopping_server_answers_its_waiting_requests_at_once() {
-    // The query role alone: with every role in the process, a starved
-    // machine sometimes sees the waiting connection closed unanswered at
-    // stop (README, known limits).
-    let app = TestApp::spawn_with(settings(&create_database().await), &[Role::Query]).await;
+    // Every role in the process: the consumer group and the command server
+    // stop beside the query server. (Up to actix-server 2.9 a worker could
+    // see its connection channel close before its stop command and drop the
+    // waiting request's connection unanswered, 1 stop in 10 on a saturated
+    // machine.)
+    let app = TestApp::spawn().await;
     let http = reqwest::Client::new();
     let base = app.query_url();
     let mut waiter = std::pin::pin!(get_waiting(&http, &base, Uuid::new_v4(), "wait=30"));
