@@ -374,10 +374,13 @@ impl PipelineTable {
     }
 
     /// Creates the table when it is absent, and checks that one already
-    /// there can take the pipeline's rows: every column, and a unique index
-    /// on `key` alone for a later record to replace the row (a table made
-    /// by hand without one would take duplicate keys without a word, as
-    /// a batch is inserted first).
+    /// there can take the pipeline's rows: a column of each name (their
+    /// types are PostgreSQL's to check at the first batch), and a unique
+    /// index on `key` alone that `ON CONFLICT (key)` can use (valid,
+    /// immediate, not partial, comparing keys as bytes or by a deterministic
+    /// collation), for a later record to replace the row. A table made by
+    /// hand without one would take duplicate keys without a word, as a batch
+    /// is inserted first.
     ///
     /// The key compares as bytes (`COLLATE "C"`): its index orders the same
     /// on every machine and C library version, and an insert into it took
@@ -396,25 +399,29 @@ impl PipelineTable {
         ))
         .execute(conn)
         .await
-        .map_err(DbError::from)?;
+        .map_err(|e| TableError::db(table, e))?;
         let shape: TableShape = diesel::sql_query(
             "WITH t AS (SELECT to_regclass(quote_ident($1)) AS oid) \
-             SELECT ARRAY(SELECT c FROM unnest($2::text[]) AS c \
+             SELECT ARRAY(SELECT c FROM unnest($2::text[]) WITH ORDINALITY AS u(c, n) \
                           WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a \
                                             WHERE a.attrelid = t.oid AND a.attname = c \
-                                              AND a.attnum > 0 AND NOT a.attisdropped)) AS missing, \
-                    EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a \
+                                              AND a.attnum > 0 AND NOT a.attisdropped) \
+                          ORDER BY n) AS missing, \
+                    EXISTS (SELECT 1 FROM pg_index i \
+                            JOIN pg_attribute a \
                               ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+                            LEFT JOIN pg_collation c ON c.oid = i.indcollation[0] \
                             WHERE i.indrelid = t.oid AND a.attname = 'key' AND i.indisunique \
-                              AND i.indimmediate AND i.indnkeyatts = 1 AND i.indpred IS NULL) \
-                      AS keyed \
+                              AND i.indimmediate AND i.indisvalid AND i.indisready \
+                              AND i.indislive AND i.indnkeyatts = 1 AND i.indpred IS NULL \
+                              AND coalesce(c.collisdeterministic, true)) AS keyed \
              FROM t",
         )
         .bind::<Text, _>(table)
         .bind::<diesel::sql_types::Array<Text>, _>(&COLUMNS[..])
         .get_result(conn)
         .await
-        .map_err(DbError::from)?;
+        .map_err(|e| TableError::db(table, e))?;
         let shape_error = |why: String| TableError::Shape {
             table: table.to_owned(),
             why,
@@ -427,12 +434,21 @@ impl PipelineTable {
         }
         if !shape.keyed {
             return Err(shape_error(
-                "it has no unique index on (key) alone, so a later record could not replace \
-                 its key's row"
+                "it has no usable unique index on (key) alone, so a later record could not \
+                 replace its key's row"
                     .to_owned(),
             ));
         }
         Ok(())
+    }
+}
+
+impl TableError {
+    fn db(table: &str, error: diesel::result::Error) -> Self {
+        TableError::Db {
+            table: table.to_owned(),
+            source: error.into(),
+        }
     }
 }
 
@@ -460,8 +476,13 @@ struct TableShape {
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
     /// The table could not be created or looked at.
-    #[error(transparent)]
-    Db(#[from] DbError),
+    #[error("cannot prepare table \"{table}\": {source}")]
+    Db {
+        /// The table.
+        table: String,
+        /// What failed.
+        source: DbError,
+    },
     /// A table of that name is there, not made to take a pipeline's rows.
     #[error("table \"{table}\" cannot take the pipeline's rows: {why}")]
     Shape {

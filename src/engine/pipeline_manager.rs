@@ -20,7 +20,9 @@
 //! A pipeline that cannot start (its table is there but cannot take its
 //! rows, its file cannot be opened, ...) is reported by the admin API with
 //! the reason and tried again every [`RETRY`], so that mending the cause is
-//! enough, without a change to the definition.
+//! enough, without a change to the definition. A table is checked when its
+//! pipeline starts; one altered under a running pipeline shows in its
+//! writes.
 //!
 //! Every process that runs the consumer role does the same, so a change
 //! stored by any process reaches all of them within [`POLL`] and a batch.
@@ -178,7 +180,7 @@ impl PipelineManager {
                                 self.settings.delivery_timeout,
                             )),
                         ),
-                        Err(error) => Err(error.to_string()),
+                        Err(error) => Err(format!("cannot create the producer for {out}: {error}")),
                     }
                 }
                 SinkDefinition::File { .. } => match &file {
@@ -194,7 +196,7 @@ impl PipelineManager {
                         futures::future::join_all(stopping.into_iter().map(ConsumerGroup::stop))
                             .await;
                     });
-                    return Err(format!("cannot read {topic}: {error}"));
+                    return Err(error);
                 }
             }
         }
@@ -227,7 +229,7 @@ impl PipelineManager {
             Some(self.producer.clone()),
             self.metrics.clone(),
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("cannot read {topic}: {e}"))
     }
 
     /// Brings the running pipelines in line with `current`; `tables` says
@@ -311,6 +313,13 @@ impl PipelineManager {
                 self.running.insert(name, running);
             }
             Err(problem) => {
+                // Not running here: no version or lag to show (a restarted
+                // pipeline's are still there).
+                let _ = self.metrics.pipeline_version.remove_label_values(&[&name]);
+                let _ = self
+                    .metrics
+                    .pipeline_lag_records
+                    .remove_label_values(&[&name]);
                 if before.get(&name) != Some(&problem) {
                     tracing::error!(
                         pipeline = name,
@@ -356,7 +365,9 @@ impl PipelineManager {
             if let SinkDefinition::Postgres { table, .. } = &stored.definition.sink {
                 match PipelineTable::prepare(&mut conn, table).await {
                     Ok(()) => {}
-                    Err(TableError::Db(error)) if error.is_connection_lost() => return Err(error),
+                    Err(TableError::Db { source, .. }) if source.is_connection_lost() => {
+                        return Err(source);
+                    }
                     Err(error) => {
                         tables.insert(stored.definition.name.clone(), error.to_string());
                     }

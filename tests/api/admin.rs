@@ -686,8 +686,8 @@ async fn a_pipeline_whose_table_cannot_take_its_rows_waits_failing_until_the_tab
         (
             &names[0],
             &unkeyed,
-            "it has no unique index on (key) alone, so a later record could not replace its \
-             key's row",
+            "it has no usable unique index on (key) alone, so a later record could not \
+             replace its key's row",
         ),
         (
             &names[1],
