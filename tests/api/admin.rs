@@ -726,5 +726,35 @@ async fn a_pipeline_whose_table_cannot_take_its_rows_waits_failing_until_the_tab
         "{view}"
     );
     assert_eq!(shown(&names[1]).await["status"], "failing");
+    let version_gauge = |name: &str| format!("chronolog_pipeline_version{{pipeline=\"{name}\"}}");
+    assert!(!app.metrics().render().contains(&version_gauge(&names[1])));
+
+    // Deleted while it waits: gone from the list; the mended one runs on,
+    // with its version gauge.
+    let url = format!("{base}/admin/pipelines/{}", names[1]);
+    assert_eq!(call(http, "DELETE", &url, Some(TOKEN), None).await.0, 204);
+    let listed = eventually("the deleted pipeline gone from the list", || async {
+        let (_, _, list) = call(
+            http,
+            "GET",
+            &format!("{base}/admin/pipelines"),
+            Some(TOKEN),
+            None,
+        )
+        .await;
+        let names: Vec<String> = list["pipelines"]
+            .as_array()?
+            .iter()
+            .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        (names.len() == 2).then_some(names)
+    })
+    .await;
+    let mut expected = vec![names[0].clone(), names[2].clone()];
+    expected.sort();
+    let mut listed = listed;
+    listed.sort();
+    assert_eq!(listed, expected);
+    assert!(app.metrics().render().contains(&version_gauge(&names[0])));
     app.stop().await;
 }
