@@ -132,14 +132,10 @@ impl PipelineManager {
         }
     }
 
-    /// Starts `stored`, unless its table cannot take its rows (`table`);
-    /// else the reason it cannot start.
-    fn start_pipeline(&self, stored: &Stored, table: Option<&String>) -> Result<Running, String> {
+    /// Starts `stored`; else the reason it cannot start.
+    fn start_pipeline(&self, stored: &Stored) -> Result<Running, String> {
         let definition = &stored.definition;
         let name = definition.name.as_str();
-        if let Some(problem) = table {
-            return Err(problem.clone());
-        }
         let compiled = compile(stored).map_err(|e| e.to_string())?;
         let state = PipelineState::new(name, compiled, self.metrics.clone());
         let membership = match definition.start {
@@ -299,8 +295,9 @@ impl PipelineManager {
         self.retry_at = (!self.not_started.is_empty()).then(|| Instant::now() + RETRY);
     }
 
-    /// Starts `stored`; a problem is logged when it is not the one
-    /// `before` had (a retry every [`RETRY`] does not repeat it).
+    /// Starts `stored`, unless `tables` says its table cannot take its rows;
+    /// a problem is logged when it is not the one `before` had (a retry
+    /// every [`RETRY`] does not repeat it).
     fn start(
         &mut self,
         stored: Stored,
@@ -308,7 +305,11 @@ impl PipelineManager {
         before: &HashMap<String, String>,
     ) {
         let name = stored.definition.name.clone();
-        match self.start_pipeline(&stored, tables.get(&name)) {
+        let started = match tables.get(&name) {
+            Some(problem) => Err(problem.clone()),
+            None => self.start_pipeline(&stored),
+        };
+        match started {
             Ok(running) => {
                 self.running.insert(name, running);
             }

@@ -76,6 +76,12 @@ fn definition(topic: &str, table: &str, filters: &[&str]) -> Value {
     })
 }
 
+/// `GET base/admin/pipelines` with the admin token.
+async fn list(http: &reqwest::Client, base: &str) -> (u16, Option<String>, Value) {
+    let url = format!("{base}/admin/pipelines");
+    call(http, "GET", &url, Some(TOKEN), None).await
+}
+
 /// A table name no other test uses.
 fn table() -> String {
     unique("admin").replace('-', "_")
@@ -224,15 +230,8 @@ async fn a_missing_or_wrong_token_is_401_on_the_query_and_the_consumer_port() {
             doc["components"]["securitySchemes"]["admin_token"],
             json!({"type": "http", "scheme": "bearer", "description": "ADMIN_TOKEN"})
         );
-        let list = call(
-            http,
-            "GET",
-            &format!("{base}/admin/pipelines"),
-            Some(TOKEN),
-            None,
-        )
-        .await;
-        assert_eq!(list, (200, None, json!({"pipelines": []})));
+        let listed = list(http, base).await;
+        assert_eq!(listed, (200, None, json!({"pipelines": []})));
     }
 
     // Created through the query port (a process without the pipelines),
@@ -417,14 +416,7 @@ async fn put_creates_updates_refuses_and_delete_ends_with_an_exact_history() {
     assert_eq!(call(http, "DELETE", &url, Some(TOKEN), None).await, unknown);
     assert_eq!(call(http, "GET", &url, Some(TOKEN), None).await, unknown);
     assert_eq!(
-        call(
-            http,
-            "GET",
-            &format!("{base}/admin/pipelines"),
-            Some(TOKEN),
-            None
-        )
-        .await,
+        list(http, &base).await,
         (200, None, json!({"pipelines": []}))
     );
 
@@ -545,21 +537,14 @@ async fn get_shows_a_pipeline_running_failing_and_running_again_with_records_and
     assert_eq!(shown["partitions"], json!(partitions));
 
     // The list shows the same, without asking the broker for the lag.
-    let (status, _, list) = call(
-        http,
-        "GET",
-        &format!("{base}/admin/pipelines"),
-        Some(TOKEN),
-        None,
-    )
-    .await;
+    let (status, _, listing) = list(http, &base).await;
     assert_eq!(status, 200);
     let mut listed = shown.clone();
     listed["lag"] = Value::Null;
     for partition in listed["partitions"].as_array_mut().unwrap() {
         partition["lag"] = Value::Null;
     }
-    assert_eq!(list, json!({"pipelines": [listed]}));
+    assert_eq!(listing, json!({"pipelines": [listed]}));
 
     // A write that fails blocks its partition, retrying: the pipeline is
     // failing, and says where; once the write can succeed it runs again.
@@ -734,15 +719,8 @@ async fn a_pipeline_whose_table_cannot_take_its_rows_waits_failing_until_the_tab
     let url = format!("{base}/admin/pipelines/{}", names[1]);
     assert_eq!(call(http, "DELETE", &url, Some(TOKEN), None).await.0, 204);
     let listed = eventually("the deleted pipeline gone from the list", || async {
-        let (_, _, list) = call(
-            http,
-            "GET",
-            &format!("{base}/admin/pipelines"),
-            Some(TOKEN),
-            None,
-        )
-        .await;
-        let names: Vec<String> = list["pipelines"]
+        let (_, _, listing) = list(http, &base).await;
+        let names: Vec<String> = listing["pipelines"]
             .as_array()?
             .iter()
             .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
