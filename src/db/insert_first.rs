@@ -8,8 +8,9 @@
 //! 15, the timestamp view's rows and a pipeline's alike). Most batches
 //! hold only new keys (command ids, event ids), so such a sink first writes
 //! a batch as a plain `INSERT`; a unique violation means a key was already
-//! there, and the batch is written again as the upsert, in the same
-//! transaction (after rolling back to a savepoint) or in a new one.
+//! there (or, for a pipeline's table, came twice in the batch), and the
+//! batch is written again as the upsert, in the same transaction (after
+//! rolling back to a savepoint) or in a new one.
 //!
 //! After such a conflict the next [`UPSERTS_AFTER_A_CONFLICT`] batches go
 //! straight to the upsert, so a table whose keys do repeat (latest states)

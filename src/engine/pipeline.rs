@@ -29,7 +29,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use diesel::sql_types::{BigInt, Integer, Text};
+use diesel::pg::Pg;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::sql_types::{Array, BigInt, Integer, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -350,12 +352,15 @@ impl PipelineTable {
     /// validated as a plain lowercase identifier).
     pub fn new(state: Arc<PipelineState>, table: &str) -> Self {
         // A batch is one partition's: its topic and partition are bound
-        // once, not per row.
+        // once, not per row. The arrays are unnested in the select list,
+        // which streams their elements in step: `FROM unnest(…)` first
+        // copies every row into a tuplestore, and inserting 45 batches of
+        // 4,444 rows took 5-10% longer that way (PostgreSQL 15).
         let insert = format!(
             "INSERT INTO \"{table}\" (key, doc, source_topic, source_partition, source_offset, \
                 pipeline_version, written_at) \
-             SELECT k, d::jsonb, $3, $4, o, v, now() \
-             FROM unnest($1::text[], $2::text[], $5::bigint[], $6::int[]) AS r(k, d, o, v)"
+             SELECT unnest($1::text[]), unnest($2::text[])::jsonb, $3, $4, \
+                unnest($5::bigint[]), unnest($6::int[]), now()"
         );
         let upsert = format!(
             "{insert} ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, \
@@ -511,53 +516,37 @@ impl Projection for PipelineTable {
         records: &'a [Decoded<Processed>],
     ) -> BoxFuture<'a, Result<Vec<Rejected>, DbError>> {
         async move {
-            let kept: Vec<(&Processed, &Output)> = records
+            // A record without a key path is keyed by its position.
+            let positions: Vec<Option<String>> = records
                 .iter()
-                .filter_map(|r| r.item.output.as_ref().map(|o| (&r.item, o)))
+                .map(|r| match &r.item.output {
+                    Some(output) if output.key.is_none() => Some(r.item.source.position()),
+                    _ => None,
+                })
+                .collect();
+            let kept: Vec<Row<'_>> = records
+                .iter()
+                .zip(&positions)
+                .filter_map(|(r, position)| {
+                    let output = r.item.output.as_ref()?;
+                    let key = output.key.as_deref().or(position.as_deref())?;
+                    Some(Row {
+                        key,
+                        doc: &output.doc,
+                        offset: r.item.source.offset,
+                        version: r.item.version,
+                    })
+                })
                 .collect();
             if kept.is_empty() {
                 return Ok(Vec::new());
             }
-            // A record without a key path is keyed by its position.
-            let positions: Vec<Option<String>> = kept
-                .iter()
-                .map(|(item, output)| output.key.is_none().then(|| item.source.position()))
-                .collect();
-            // One row per key: the batch's last record of a key wins, as a
-            // later record replaces an earlier one's row.
-            let mut slots: HashMap<&str, usize> = HashMap::with_capacity(kept.len());
-            let mut rows: Vec<(&str, &Processed, &Output)> = Vec::with_capacity(kept.len());
-            for ((item, output), position) in kept.iter().zip(&positions) {
-                let key = output
-                    .key
-                    .as_deref()
-                    .or(position.as_deref())
-                    .unwrap_or_default();
-                match slots.entry(key) {
-                    Entry::Occupied(slot) => rows[*slot.get()] = (key, item, output),
-                    Entry::Vacant(slot) => {
-                        slot.insert(rows.len());
-                        rows.push((key, item, output));
-                    }
-                }
-            }
-            let keys: Vec<&str> = rows.iter().map(|(key, _, _)| *key).collect();
-            let docs: Vec<&str> = rows.iter().map(|(_, _, o)| o.doc.as_str()).collect();
-            let offsets: Vec<i64> = rows.iter().map(|(_, item, _)| item.source.offset).collect();
-            let versions: Vec<i32> = rows.iter().map(|(_, item, _)| item.version).collect();
-            let statement = |sql: &str| {
-                diesel::sql_query(sql.to_owned())
-                    .bind::<diesel::sql_types::Array<Text>, _>(&keys)
-                    .bind::<diesel::sql_types::Array<Text>, _>(&docs)
-                    .bind::<Text, _>(&partition.topic)
-                    .bind::<Integer, _>(partition.partition)
-                    .bind::<diesel::sql_types::Array<BigInt>, _>(&offsets)
-                    .bind::<diesel::sql_types::Array<Integer>, _>(&versions)
-            };
+            // Every kept record is inserted as it is: a key already in the
+            // table, or twice in the batch, fails the insert, and the batch
+            // is upserted instead. A nested transaction is a savepoint: the
+            // failed insert rolls back, not the batch's transaction.
             let inserted = if self.insert_first.next_batch() {
-                // A nested transaction is a savepoint: a conflict rolls
-                // back the insert, not the batch's transaction.
-                let insert = statement(&self.insert);
+                let insert = bound(&self.insert, partition, &kept);
                 match conn
                     .transaction::<_, diesel::result::Error, _>(async |conn| {
                         insert.execute(conn).await
@@ -572,13 +561,64 @@ impl Projection for PipelineTable {
                 false
             };
             if !inserted {
-                statement(&self.upsert).execute(conn).await?;
+                bound(&self.upsert, partition, &last_of_each_key(kept))
+                    .execute(conn)
+                    .await?;
             }
             count_out(&self.state, records);
             Ok(Vec::new())
         }
         .boxed()
     }
+}
+
+/// A kept record as a row of a pipeline's table.
+#[derive(Clone, Copy)]
+struct Row<'a> {
+    key: &'a str,
+    doc: &'a str,
+    offset: i64,
+    version: i32,
+}
+
+/// `sql` with a batch's rows bound as its arrays (a batch is one
+/// partition's: its topic and partition are bound once).
+fn bound<'r>(
+    sql: &str,
+    partition: &'r PartitionKey,
+    rows: &[Row<'r>],
+) -> BoxedSqlQuery<'r, Pg, SqlQuery> {
+    let keys: Vec<&str> = rows.iter().map(|r| r.key).collect();
+    let docs: Vec<&str> = rows.iter().map(|r| r.doc).collect();
+    let offsets: Vec<i64> = rows.iter().map(|r| r.offset).collect();
+    let versions: Vec<i32> = rows.iter().map(|r| r.version).collect();
+    diesel::sql_query(sql)
+        .into_boxed()
+        .bind::<Array<Text>, _>(keys)
+        .bind::<Array<Text>, _>(docs)
+        .bind::<Text, _>(&partition.topic)
+        .bind::<Integer, _>(partition.partition)
+        .bind::<Array<BigInt>, _>(offsets)
+        .bind::<Array<Integer>, _>(versions)
+}
+
+/// One row per key, for the upsert (which may change a row only once per
+/// statement): the batch's last record of a key wins, as a later record
+/// replaces an earlier one's row; rows keep the order of their key's first
+/// record.
+fn last_of_each_key(rows: Vec<Row<'_>>) -> Vec<Row<'_>> {
+    let mut slots: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
+    let mut unique: Vec<Row<'_>> = Vec::with_capacity(rows.len());
+    for row in rows {
+        match slots.entry(row.key) {
+            Entry::Occupied(slot) => unique[*slot.get()] = row,
+            Entry::Vacant(slot) => {
+                slot.insert(unique.len());
+                unique.push(row);
+            }
+        }
+    }
+    unique
 }
 
 /// A pipeline's output topic.

@@ -1077,3 +1077,93 @@ async fn a_table_already_there_is_taken_only_with_every_column_and_a_usable_uniq
         ))
     );
 }
+
+#[actix_rt::test]
+async fn a_key_twice_in_one_batch_is_written_once_with_its_last_record() {
+    use chronolog::db::queries::PartitionKey;
+    use chronolog::engine::pg_sink::Projection;
+    use chronolog::engine::pipeline::{
+        Compiled, Output, PipelineState, PipelineTable, Processed, Source,
+    };
+    use chronolog::engine::sink::Decoded;
+    let url = crate::helpers::create_database().await;
+    let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+    let table = table();
+    PipelineTable::prepare(&mut conn, &table).await.unwrap();
+    let compiled = Compiled {
+        version: 1,
+        filters: chronolog::pipelines::Filters::compile::<&str>(&[]).unwrap(),
+        key: None,
+    };
+    let state = PipelineState::new(&name(), compiled, chronolog::metrics::Metrics::new());
+    let sink = PipelineTable::new(state, &table);
+    let partition = PartitionKey {
+        group_id: "g".to_owned(),
+        topic: "t".to_owned(),
+        partition: 0,
+    };
+    let record = |offset: i64, key: Option<&str>, n: i64| Decoded {
+        offset,
+        correlation_id: None,
+        item: Processed {
+            version: 1,
+            source: Source {
+                topic: "t".to_owned(),
+                partition: 0,
+                offset,
+            },
+            output: Some(Output {
+                doc: json!({"n": n}).to_string(),
+                key: key.map(str::to_owned),
+                record_key: None,
+                headers: Vec::new(),
+            }),
+        },
+    };
+    // New keys only, but "a" twice: the plain insert fails on the batch
+    // itself, and the upsert writes each key once, its last record's.
+    let first = [
+        record(0, Some("a"), 1),
+        record(1, Some("b"), 2),
+        record(2, Some("a"), 3),
+        record(3, None, 4),
+    ];
+    let written = conn
+        .transaction::<_, chronolog::db::DbError, _>(async |conn| {
+            sink.apply(conn, &partition, &first).await
+        })
+        .await
+        .unwrap();
+    assert!(written.is_empty(), "nothing is refused");
+    // The next batch goes straight to the upsert; "b" twice again.
+    let second = [record(4, Some("b"), 5), record(5, Some("b"), 6)];
+    conn.transaction::<_, chronolog::db::DbError, _>(async |conn| {
+        sink.apply(conn, &partition, &second).await
+    })
+    .await
+    .unwrap();
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Written {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        key: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        doc: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        source_offset: i64,
+    }
+    let rows: Vec<Written> = diesel::sql_query(format!(
+        "SELECT key, doc::text AS doc, source_offset FROM \"{table}\" ORDER BY key"
+    ))
+    .load(&mut conn)
+    .await
+    .unwrap();
+    let row = |key: &str, n: i64, source_offset: i64| Written {
+        key: key.to_owned(),
+        doc: format!("{{\"n\": {n}}}"),
+        source_offset,
+    };
+    assert_eq!(
+        rows,
+        vec![row("a", 3, 2), row("b", 6, 5), row("t:0:3", 4, 3)]
+    );
+}
