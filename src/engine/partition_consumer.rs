@@ -816,9 +816,7 @@ impl<S: Sink> PartitionRun<S> {
                 }
                 Err(error) => {
                     failures += 1;
-                    if failures == 1 {
-                        self.deps.status.set_blocked(&self.key, true);
-                    }
+                    self.deps.status.set_write_error(&self.key, &error);
                     let delay = backoff(failures);
                     tracing::warn!(what, %error, failures, retry_in = ?delay, "partition blocked; retrying");
                     if *stop.borrow() {

@@ -12,6 +12,8 @@ use crate::metrics::Metrics;
 pub struct GroupStatus {
     assigned: Mutex<BTreeSet<i32>>,
     blocked: Mutex<BTreeSet<i32>>,
+    /// The last error of each partition retrying a failed write.
+    write_errors: Mutex<BTreeMap<i32, String>>,
     /// Why a partition is stopped or failing, for `/ready` and the rebuild.
     problems: Mutex<BTreeMap<i32, String>>,
     /// The last panic caught in this group's workers: partition and message.
@@ -30,6 +32,7 @@ impl GroupStatus {
         Self {
             assigned: Mutex::default(),
             blocked: Mutex::default(),
+            write_errors: Mutex::default(),
             problems: Mutex::default(),
             last_panic: Mutex::default(),
             committed: Mutex::default(),
@@ -46,7 +49,8 @@ impl GroupStatus {
         self.commits.subscribe()
     }
 
-    /// Marks a partition as blocked (retrying a failed write) or not.
+    /// Marks a partition as blocked (retrying a failed write) or not; a
+    /// partition no longer blocked has no write error either.
     pub fn set_blocked(&self, key: &PartitionKey, blocked: bool) {
         if let Ok(mut set) = self.blocked.lock() {
             if blocked {
@@ -54,6 +58,9 @@ impl GroupStatus {
             } else {
                 set.remove(&key.partition);
             }
+        }
+        if !blocked && let Ok(mut errors) = self.write_errors.lock() {
+            errors.remove(&key.partition);
         }
         self.metrics
             .partition_blocked
@@ -66,6 +73,22 @@ impl GroupStatus {
         self.blocked
             .lock()
             .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Marks a partition as blocked by a write that failed with `error`.
+    pub fn set_write_error(&self, key: &PartitionKey, error: &str) {
+        self.set_blocked(key, true);
+        if let Ok(mut errors) = self.write_errors.lock() {
+            errors.insert(key.partition, error.to_owned());
+        }
+    }
+
+    /// The last error of each partition retrying a failed write.
+    pub fn write_errors(&self) -> BTreeMap<i32, String> {
+        self.write_errors
+            .lock()
+            .map(|m| m.clone())
             .unwrap_or_default()
     }
 
@@ -133,5 +156,30 @@ impl GroupStatus {
         if let Ok(mut set) = self.assigned.lock() {
             *set = partitions.into_iter().collect();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_error_is_the_last_one_and_goes_when_the_partition_is_unblocked() {
+        let status = GroupStatus::new(Metrics::new());
+        let key = PartitionKey {
+            group_id: "g".to_owned(),
+            topic: "t".to_owned(),
+            partition: 2,
+        };
+        status.set_write_error(&key, "connection refused");
+        status.set_write_error(&key, "check constraint violated");
+        assert_eq!(status.blocked(), vec![2]);
+        assert_eq!(
+            status.write_errors(),
+            BTreeMap::from([(2, "check constraint violated".to_owned())])
+        );
+        status.set_blocked(&key, false);
+        assert!(status.blocked().is_empty());
+        assert!(status.write_errors().is_empty());
     }
 }

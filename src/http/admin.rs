@@ -533,6 +533,7 @@ fn view(
             let committed = group.committed();
             let problems = group.problems();
             let blocked = group.blocked();
+            let write_errors = group.write_errors();
             let mut numbers = group.assigned();
             numbers.extend(problems.keys().copied());
             numbers.extend(blocked.iter().copied());
@@ -547,7 +548,10 @@ fn view(
                 let problem = problems.get(&partition).cloned().or_else(|| {
                     blocked
                         .contains(&partition)
-                        .then(|| "retrying a failed write".to_owned())
+                        .then(|| match write_errors.get(&partition) {
+                            Some(error) => format!("retrying a failed write: {error}"),
+                            None => "retrying a failed write".to_owned(),
+                        })
                 });
                 partitions.push(PartitionView {
                     topic: topic.clone(),

@@ -570,11 +570,16 @@ async fn get_shows_a_pipeline_running_failing_and_running_again_with_records_and
         .iter()
         .map(|p| (p["partition"].as_i64().unwrap(), p["problem"].clone()))
         .collect();
+    // The blocked partition's problem names the write's last error.
+    let refused = format!(
+        "retrying a failed write: database query failed: new row for relation \"{table}\" \
+         violates check constraint \"refuse_all\""
+    );
     assert_eq!(
         problems,
         (0..3)
             .map(|p| {
-                let problem = (p == blocked).then_some("retrying a failed write");
+                let problem = (p == blocked).then_some(refused.as_str());
                 (p, json!(problem))
             })
             .collect::<Vec<_>>()
