@@ -11,9 +11,9 @@ use crate::metrics::Metrics;
 /// What the group's partitions are doing, for `/ready`.
 pub struct GroupStatus {
     assigned: Mutex<BTreeSet<i32>>,
-    blocked: Mutex<BTreeSet<i32>>,
-    /// The last error of each partition retrying a failed write.
-    write_errors: Mutex<BTreeMap<i32, String>>,
+    /// Blocked partitions, with the last error of a failed write when a
+    /// write is what blocks them.
+    blocked: Mutex<BTreeMap<i32, Option<String>>>,
     /// Why a partition is stopped or failing, for `/ready` and the rebuild.
     problems: Mutex<BTreeMap<i32, String>>,
     /// The last panic caught in this group's workers: partition and message.
@@ -32,7 +32,6 @@ impl GroupStatus {
         Self {
             assigned: Mutex::default(),
             blocked: Mutex::default(),
-            write_errors: Mutex::default(),
             problems: Mutex::default(),
             last_panic: Mutex::default(),
             committed: Mutex::default(),
@@ -52,15 +51,28 @@ impl GroupStatus {
     /// Marks a partition as blocked (retrying a failed write) or not; a
     /// partition no longer blocked has no write error either.
     pub fn set_blocked(&self, key: &PartitionKey, blocked: bool) {
-        if let Ok(mut set) = self.blocked.lock() {
-            if blocked {
-                set.insert(key.partition);
-            } else {
-                set.remove(&key.partition);
+        self.mark(key, blocked, None);
+    }
+
+    /// Marks a partition as blocked by a write that failed with `error`.
+    pub fn set_write_error(&self, key: &PartitionKey, error: &str) {
+        self.mark(key, true, Some(error));
+    }
+
+    fn mark(&self, key: &PartitionKey, blocked: bool, error: Option<&str>) {
+        if let Ok(mut map) = self.blocked.lock() {
+            match (blocked, error) {
+                (true, Some(error)) => {
+                    map.insert(key.partition, Some(error.to_owned()));
+                }
+                // Blocked for another reason: a write error already seen stays.
+                (true, None) => {
+                    map.entry(key.partition).or_default();
+                }
+                (false, _) => {
+                    map.remove(&key.partition);
+                }
             }
-        }
-        if !blocked && let Ok(mut errors) = self.write_errors.lock() {
-            errors.remove(&key.partition);
         }
         self.metrics
             .partition_blocked
@@ -72,23 +84,19 @@ impl GroupStatus {
     pub fn blocked(&self) -> Vec<i32> {
         self.blocked
             .lock()
-            .map(|s| s.iter().copied().collect())
+            .map(|m| m.keys().copied().collect())
             .unwrap_or_default()
-    }
-
-    /// Marks a partition as blocked by a write that failed with `error`.
-    pub fn set_write_error(&self, key: &PartitionKey, error: &str) {
-        self.set_blocked(key, true);
-        if let Ok(mut errors) = self.write_errors.lock() {
-            errors.insert(key.partition, error.to_owned());
-        }
     }
 
     /// The last error of each partition retrying a failed write.
     pub fn write_errors(&self) -> BTreeMap<i32, String> {
-        self.write_errors
+        self.blocked
             .lock()
-            .map(|m| m.clone())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(p, e)| Some((*p, e.clone()?)))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
