@@ -79,7 +79,10 @@ fi
 # The pipeline's baseline is the view's sink rate on the same records.
 if want pipeline && ! want sink; then PHASES="$PHASES,sink"; fi
 
-install_deps
+# tansu only when it is the broker: scripts/test.sh runs the smoke (mock
+# broker) while it builds tansu in the background.
+install_tools
+if [[ $BROKER == tansu ]]; then install_tansu; fi
 apt_install time wrk
 if want orders; then command -v pgbench >/dev/null || apt_install postgresql; fi
 cargo build --quiet --profile "$PROFILE" --bin chronolog --example bench_tool

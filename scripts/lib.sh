@@ -51,6 +51,10 @@ pg_bin_on_path() {
 # build takes about 15 minutes on 2 cores; its binary lands in ~/.cargo/bin,
 # outside the clone, so that it is built once per machine.
 install_deps() {
+  install_tools
+  install_tansu
+}
+install_tools() {
   command -v python3 >/dev/null || apt_install python3
   install_postgres
   # The ops-kit tests: a real Prometheus, the compose file check, k6, wrk;
@@ -70,10 +74,37 @@ install_deps() {
     python3 -m pip install --quiet --user 'openapi-spec-validator>=0.7,<1' \
       || python3 -m pip install --quiet 'openapi-spec-validator>=0.7,<1'
   fi
-  if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-    log "building tansu $TANSU_VERSION (once per machine, about 15 minutes)"
-    cargo install --locked tansu --version "$TANSU_VERSION" --features libsql
-  fi
+}
+
+tansu_installed() { tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; }
+install_tansu() {
+  tansu_installed && return 0
+  log "building tansu $TANSU_VERSION (once per machine, about 15 minutes)"
+  cargo install --locked tansu --version "$TANSU_VERSION" --features libsql
+}
+
+# start_tansu_build LOG: builds tansu in the background (its own session, so
+# that stop_tansu_build can end the whole cargo tree) unless it is installed.
+# A build of this size leaves one of two cores idle for long stretches (the
+# crates waiting on one another, the links); scripts/test.sh fills them with
+# its own checks and build, and needs tansu only for its last step.
+start_tansu_build() {
+  TANSU_BUILD_LOG=$1
+  tansu_installed && return 0
+  log "building tansu $TANSU_VERSION in the background (once per machine; log: $TANSU_BUILD_LOG)"
+  setsid cargo install --locked tansu --version "$TANSU_VERSION" --features libsql >"$TANSU_BUILD_LOG" 2>&1 &
+  TANSU_BUILD_PID=$!
+}
+wait_tansu_build() {
+  [[ -n ${TANSU_BUILD_PID:-} ]] || return 0
+  log "waiting for the tansu build"
+  wait "$TANSU_BUILD_PID" || { tail -40 "$TANSU_BUILD_LOG" >&2; die "building tansu failed (log: $TANSU_BUILD_LOG)"; }
+  TANSU_BUILD_PID=""
+  grep -E '^ +Finished' "$TANSU_BUILD_LOG" >&2 || true
+}
+stop_tansu_build() {
+  [[ -n ${TANSU_BUILD_PID:-} ]] && kill -- "-$TANSU_BUILD_PID" 2>/dev/null
+  return 0
 }
 
 # PostgreSQL refuses to run as root; run its tools as the postgres user then.

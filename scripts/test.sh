@@ -5,7 +5,9 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$CHRONOLOG_ROOT"
 
-install_deps
+install_tools
+start_tansu_build "$(mktemp "${TMPDIR:-/tmp}/chronolog-tansu-build.XXXXXX.log")"
+trap stop_tansu_build EXIT
 log "cargo fmt --check"
 cargo fmt --all --check
 log "cargo clippy --all-targets -- -D warnings"
@@ -18,6 +20,7 @@ log "fuzz targets, briefly"
 scripts/fuzz.sh
 log "benchmark smoke (keeps loadtest/bench.sh working; asserts nothing about speed)"
 loadtest/bench.sh --smoke >/dev/null
+wait_tansu_build
 log "unit and integration tests on real PostgreSQL and tansu"
 if cargo nextest --version >/dev/null 2>&1; then
   scripts/with-deps.sh cargo nextest run --no-fail-fast "$@"
