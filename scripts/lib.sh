@@ -76,23 +76,24 @@ install_tools() {
   fi
 }
 
+TANSU_INSTALL=(install --locked tansu --version "$TANSU_VERSION" --features libsql)
 tansu_installed() { tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; }
 install_tansu() {
   tansu_installed && return 0
   log "building tansu $TANSU_VERSION (once per machine, about 15 minutes)"
-  cargo install --locked tansu --version "$TANSU_VERSION" --features libsql
+  cargo "${TANSU_INSTALL[@]}"
 }
 
-# start_tansu_build LOG: builds tansu in the background (its own session, so
+# start_tansu_build: builds tansu in the background (its own session, so
 # that stop_tansu_build can end the whole cargo tree) unless it is installed.
 # A build of this size leaves one of two cores idle for long stretches (the
 # crates waiting on one another, the links); scripts/test.sh fills them with
 # its own checks and build, and needs tansu only for its last step.
 start_tansu_build() {
-  TANSU_BUILD_LOG=$1
   tansu_installed && return 0
+  TANSU_BUILD_LOG=$(mktemp "${TMPDIR:-/tmp}/chronolog-tansu-build.XXXXXX.log")
   log "building tansu $TANSU_VERSION in the background (once per machine; log: $TANSU_BUILD_LOG)"
-  setsid cargo install --locked tansu --version "$TANSU_VERSION" --features libsql >"$TANSU_BUILD_LOG" 2>&1 &
+  setsid cargo "${TANSU_INSTALL[@]}" >"$TANSU_BUILD_LOG" 2>&1 &
   TANSU_BUILD_PID=$!
 }
 wait_tansu_build() {

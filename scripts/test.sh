@@ -6,7 +6,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$CHRONOLOG_ROOT"
 
 install_tools
-start_tansu_build "$(mktemp "${TMPDIR:-/tmp}/chronolog-tansu-build.XXXXXX.log")"
+start_tansu_build
 trap stop_tansu_build EXIT
 log "cargo fmt --check"
 cargo fmt --all --check
