@@ -308,19 +308,68 @@ impl<S: Sink> Handler<Drain> for PartitionConsumer<S> {
 /// what goes to the dead-letter topic.
 enum Incoming<T> {
     Record(Decoded<T>),
-    Poison {
-        offset: i64,
-        dead_letter: DeadLetter,
-        correlation_id: Option<String>,
-    },
+    Poison(Poison),
 }
 
-impl<T> Incoming<T> {
-    fn offset(&self) -> i64 {
-        match self {
-            Incoming::Record(record) => record.offset,
-            Incoming::Poison { offset, .. } => *offset,
+/// A record the sink cannot take, on its way to the dead-letter topic.
+struct Poison {
+    offset: i64,
+    dead_letter: DeadLetter,
+    correlation_id: Option<String>,
+}
+
+/// One batch read from the partition: what the sink takes, in offset
+/// order, and what is dead-lettered. Its buffers are reused from one batch
+/// to the next: a busy partition's batches hold thousands of records, and
+/// growing and copying them anew for each batch was a measurable part of a
+/// consumer's work.
+struct Batch<T> {
+    records: Vec<Decoded<T>>,
+    poison: Vec<Poison>,
+    /// Offset of the batch's first record.
+    first: Option<i64>,
+    /// Offset after the batch's last record.
+    next: i64,
+}
+
+impl<T> Batch<T> {
+    fn new() -> Self {
+        Self {
+            records: Vec::new(),
+            poison: Vec::new(),
+            first: None,
+            next: 0,
         }
+    }
+
+    /// An empty batch that keeps `records`' buffer.
+    fn reusing(mut records: Vec<Decoded<T>>) -> Self {
+        records.clear();
+        Self {
+            records,
+            ..Self::new()
+        }
+    }
+
+    fn push(&mut self, incoming: Incoming<T>) {
+        let offset = match incoming {
+            Incoming::Record(record) => {
+                let offset = record.offset;
+                self.records.push(record);
+                offset
+            }
+            Incoming::Poison(poison) => {
+                let offset = poison.offset;
+                self.poison.push(poison);
+                offset
+            }
+        };
+        self.first.get_or_insert(offset);
+        self.next = offset + 1;
+    }
+
+    fn len(&self) -> usize {
+        self.records.len() + self.poison.len()
     }
 }
 
@@ -341,7 +390,7 @@ fn classify<S: Sink>(sink: &S, message: &BorrowedMessage<'_>) -> Incoming<S::Ite
             correlation_id,
             item,
         }),
-        Err(error) => Incoming::Poison {
+        Err(error) => Incoming::Poison(Poison {
             offset,
             dead_letter: DeadLetter::new(
                 &SourcePosition {
@@ -355,7 +404,7 @@ fn classify<S: Sink>(sink: &S, message: &BorrowedMessage<'_>) -> Incoming<S::Ite
                 &error,
             ),
             correlation_id,
-        },
+        }),
     }
 }
 
@@ -366,7 +415,7 @@ fn classify_guarded<S: Sink>(sink: &S, message: &BorrowedMessage<'_>) -> Incomin
     crate::catch_expected_panic(|| classify(sink, message)).unwrap_or_else(|panic| {
         let error = DecodeError::Internal(crate::panic_message(panic.as_ref()));
         tracing::error!(offset = message.offset(), %error, "reading a record panicked; dead-lettering it");
-        Incoming::Poison {
+        Incoming::Poison(Poison {
             offset: message.offset(),
             dead_letter: DeadLetter::new(
                 &SourcePosition {
@@ -380,7 +429,7 @@ fn classify_guarded<S: Sink>(sink: &S, message: &BorrowedMessage<'_>) -> Incomin
                 &error,
             ),
             correlation_id: None,
-        }
+        })
     })
 }
 
@@ -419,13 +468,13 @@ impl<S: Sink> PartitionRun<S> {
             self.deps.status.set_blocked(&self.key, false);
         }
         let mut stream = queue.stream();
+        let mut batch = Batch::new();
         loop {
             let first = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stopping| *stopping) => return WorkerExit::Drained,
                 next = stream.next() => next,
             };
-            let mut batch = Vec::new();
             for next in
                 std::iter::once(first).chain(std::iter::from_fn(|| stream.next().now_or_never()))
             {
@@ -441,17 +490,15 @@ impl<S: Sink> PartitionRun<S> {
                     break;
                 }
             }
-            if batch.is_empty() {
+            let Some(read) = batch.first else {
                 continue;
-            }
+            };
             // The log went back below what this worker committed: librdkafka
             // reset a position that fell out of the log. Applying the batch
             // would skip it (it is below the stored offset), silently.
             let committed = self.committed.load(Ordering::Acquire);
-            if let Some(read) = batch.first().map(Incoming::offset)
-                && read < committed
-                && self.deps.sink.keeps_positions()
-            {
+            if read < committed && self.deps.sink.keeps_positions() {
+                batch = Batch::reusing(batch.records);
                 if let Err(exit) = self.check_log(&stop, Some((committed, read))).await {
                     return exit;
                 }
@@ -461,37 +508,34 @@ impl<S: Sink> PartitionRun<S> {
                 self.deps
                     .metrics
                     .observe(ACTOR, "RecordBatch", self.project(batch, &stop));
-            if let Err(exit) = projected.await {
-                return exit;
+            match projected.await {
+                Ok(records) => batch = Batch::reusing(records),
+                Err(exit) => return exit,
             }
         }
     }
 
     /// Dead-letters the poison records, then has the sink make the rest
     /// durable (with the offset that follows the batch, for a sink that
-    /// stores it), then acknowledges that offset.
+    /// stores it), then acknowledges that offset. Gives the batch's record
+    /// buffer back for the next batch when the sink kept no share of it.
     async fn project(
         &self,
-        batch: Vec<Incoming<S::Item>>,
+        batch: Batch<S::Item>,
         stop: &watch::Receiver<bool>,
-    ) -> Result<(), WorkerExit> {
-        let next = batch.last().map_or(0, |i| i.offset() + 1);
-        let mut records = Vec::with_capacity(batch.len());
-        for incoming in batch {
-            match incoming {
-                Incoming::Record(record) => records.push(record),
-                Incoming::Poison {
-                    offset,
-                    dead_letter,
-                    correlation_id,
-                } => {
-                    self.dead_letter(offset, dead_letter, correlation_id, stop)
-                        .await?;
-                }
-            }
+    ) -> Result<Vec<Decoded<S::Item>>, WorkerExit> {
+        let next = batch.next;
+        for poison in batch.poison {
+            self.dead_letter(
+                poison.offset,
+                poison.dead_letter,
+                poison.correlation_id,
+                stop,
+            )
+            .await?;
         }
-        let records: Arc<[Decoded<S::Item>]> = records.into();
-        let records = &records;
+        let records = Arc::new(batch.records);
+        let shared = &records;
         let written = self
             .retry("write batch", stop, || async move {
                 // A busy pool (every connection in use, more partitions than
@@ -499,10 +543,7 @@ impl<S: Sink> PartitionRun<S> {
                 // connection again without showing the partition as
                 // blocked, unless the partition is being given up.
                 loop {
-                    let write = self
-                        .deps
-                        .sink
-                        .write(self.key.clone(), records.clone(), next);
+                    let write = self.deps.sink.write(self.key.clone(), shared.clone(), next);
                     match write.await {
                         Err(SinkError::Busy) if !*stop.borrow() => {
                             tracing::debug!("every connection of the sink is busy; waiting again");
@@ -556,7 +597,9 @@ impl<S: Sink> PartitionRun<S> {
             next_offset = next,
             "batch committed"
         );
-        Ok(())
+        // Every write has finished and dropped its share; a sink that kept
+        // one would cost only a new buffer for the next batch.
+        Ok(Arc::try_unwrap(records).unwrap_or_default())
     }
 
     /// Publishes a dead letter, retrying while the broker is unreachable.
@@ -850,5 +893,64 @@ mod tests {
         let waits: Vec<u128> = (1..=8).map(|n| backoff(n).as_millis()).collect();
         assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         assert_eq!(backoff(u32::MAX), BACKOFF_CAP);
+    }
+
+    fn record(offset: i64) -> Incoming<i64> {
+        Incoming::Record(Decoded {
+            offset,
+            correlation_id: None,
+            item: offset * 10,
+        })
+    }
+
+    fn poison(offset: i64) -> Incoming<i64> {
+        let position = SourcePosition {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+        };
+        let error = DecodeError::EmptyValue;
+        Incoming::Poison(Poison {
+            offset,
+            dead_letter: DeadLetter::new(&position, None, None, Vec::new(), &error),
+            correlation_id: None,
+        })
+    }
+
+    #[test]
+    fn a_batch_sorts_records_from_poison_and_spans_every_offset_read() {
+        let mut batch = Batch::new();
+        assert_eq!((batch.first, batch.len()), (None, 0));
+        for incoming in [
+            poison(7),
+            record(8),
+            poison(9),
+            record(10),
+            record(11),
+            poison(12),
+        ] {
+            batch.push(incoming);
+        }
+        let items: Vec<i64> = batch.records.iter().map(|r| r.item).collect();
+        let poisoned: Vec<i64> = batch.poison.iter().map(|p| p.offset).collect();
+        assert_eq!(items, [80, 100, 110]);
+        assert_eq!(poisoned, [7, 9, 12]);
+        // Acknowledged after the batch: the offset after the last record
+        // read, poison or not.
+        assert_eq!((batch.first, batch.next, batch.len()), (Some(7), 13, 6));
+    }
+
+    #[test]
+    fn a_reused_buffer_starts_empty_and_keeps_its_room() {
+        let mut batch = Batch::new();
+        for offset in 0..100 {
+            batch.push(record(offset));
+        }
+        let capacity = batch.records.capacity();
+        let mut next = Batch::reusing(batch.records);
+        assert_eq!((next.first, next.len()), (None, 0));
+        assert_eq!(next.records.capacity(), capacity);
+        next.push(record(100));
+        assert_eq!((next.first, next.next), (Some(100), 101));
     }
 }

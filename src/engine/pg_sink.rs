@@ -17,7 +17,7 @@ use rdkafka::message::BorrowedMessage;
 
 use crate::db::queries::{self, PartitionKey};
 use crate::db::{DbError, Pool};
-use crate::engine::sink::{Decoded, Rejected, Sink, SinkError, Written};
+use crate::engine::sink::{Decoded, Records, Rejected, Sink, SinkError, Written};
 use crate::kafka::record::{DecodeError, RecordHeaders};
 
 /// What a record means to one set of tables.
@@ -85,7 +85,7 @@ impl<P: Projection> Sink for PgSink<P> {
     fn write(
         &self,
         partition: PartitionKey,
-        records: Arc<[Decoded<P::Item>]>,
+        records: Records<P::Item>,
         next_offset: i64,
     ) -> BoxFuture<'static, Result<Written, SinkError>> {
         let (pool, projection) = (self.pool.clone(), self.projection.clone());

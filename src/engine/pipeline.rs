@@ -43,7 +43,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::db::queries::PartitionKey;
 use crate::db::{DbError, InsertFirst};
 use crate::engine::pg_sink::Projection;
-use crate::engine::sink::{Decoded, Rejected, Sink, SinkError, Written};
+use crate::engine::sink::{Decoded, Records, Rejected, Sink, SinkError, Written};
 use crate::kafka::record::{DecodeError, RecordHeaders};
 use crate::metrics::Metrics;
 use crate::pipelines::{Filters, Header, KeyPath, Outcome, RecordMeta};
@@ -661,7 +661,7 @@ impl Sink for TopicOutput {
     fn write(
         &self,
         _partition: PartitionKey,
-        records: Arc<[Decoded<Processed>]>,
+        records: Records<Processed>,
         _next_offset: i64,
     ) -> BoxFuture<'static, Result<Written, SinkError>> {
         let (producer, topic, timeout) = (self.producer.clone(), self.topic.clone(), self.timeout);
@@ -783,7 +783,7 @@ impl Sink for FileOutput {
     fn write(
         &self,
         _partition: PartitionKey,
-        records: Arc<[Decoded<Processed>]>,
+        records: Records<Processed>,
         _next_offset: i64,
     ) -> BoxFuture<'static, Result<Written, SinkError>> {
         let (file, state) = (self.file.clone(), self.state.clone());

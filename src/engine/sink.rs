@@ -40,6 +40,10 @@ pub struct Decoded<T> {
     pub item: T,
 }
 
+/// A batch of one partition's records, in offset order, shared (not copied)
+/// by the retries of one write.
+pub type Records<T> = Arc<Vec<Decoded<T>>>;
+
 /// A batch is durable in the sink.
 #[derive(Debug, Default)]
 pub struct Written {
@@ -92,12 +96,12 @@ pub trait Sink: Send + Sync + 'static {
     /// the batch was dead-lettered) durable, with `next_offset` as the
     /// partition's position after them when the sink stores positions.
     /// Records below the stored position were applied before and must
-    /// change nothing. The batch is shared, not copied, by the retries of
-    /// one write.
+    /// change nothing. A sink must not keep a share of the batch once the
+    /// write is done: the engine takes its buffer back for the next batch.
     fn write(
         &self,
         partition: PartitionKey,
-        records: Arc<[Decoded<Self::Item>]>,
+        records: Records<Self::Item>,
         next_offset: i64,
     ) -> BoxFuture<'static, Result<Written, SinkError>>;
 

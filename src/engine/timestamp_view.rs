@@ -14,9 +14,8 @@ use crate::db::models::ProjectedRecord;
 use crate::db::queries::{Conflict, PartitionKey};
 use crate::domain::{TimestampCommand, format_timestamp};
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use crate::engine::sink::{Decoded, Rejected, Sink, SinkError, Written};
+use crate::engine::sink::{Decoded, Records, Rejected, Sink, SinkError, Written};
 use crate::kafka::dead_letter::{DeadLetter, SourcePosition};
 use crate::kafka::record::{self, DecodeError, RecordHeaders};
 
@@ -60,7 +59,7 @@ impl Sink for TimestampView {
     fn write(
         &self,
         partition: PartitionKey,
-        records: Arc<[Decoded<ProjectedRecord>]>,
+        records: Records<ProjectedRecord>,
         next_offset: i64,
     ) -> BoxFuture<'static, Result<Written, SinkError>> {
         let writer = self.writer.clone();
