@@ -5,7 +5,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$CHRONOLOG_ROOT"
-command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz --version 0.13.2
+# cargo-fuzz only drives cargo and libFuzzer: an unoptimised build of it will do.
+command -v cargo-fuzz >/dev/null || cargo install --locked --debug cargo-fuzz --version 0.13.2
 export RUSTC_BOOTSTRAP=1
 FUZZ_TARGET_DIR="${FUZZ_TARGET_DIR:-$HOME/.cache/chronolog/fuzz-target}"
 for target in timestamp record; do
