@@ -319,10 +319,11 @@ struct Poison {
 }
 
 /// One batch read from the partition: what the sink takes, in offset
-/// order, and what is dead-lettered. Its buffers are reused from one batch
-/// to the next: a busy partition's batches hold thousands of records, and
-/// growing and copying them anew for each batch was a measurable part of a
-/// consumer's work.
+/// order, and what is dead-lettered. The records' buffer is reused from one
+/// batch to the next: a busy partition's batches hold thousands of records,
+/// and growing and copying them anew for each batch was a measurable part
+/// of a consumer's work. It holds at most twice `batch_max` records (its
+/// growth doubles), and shrinks again when the partition goes quiet.
 struct Batch<T> {
     records: Vec<Decoded<T>>,
     poison: Vec<Poison>,
@@ -342,8 +343,12 @@ impl<T> Batch<T> {
         }
     }
 
-    /// An empty batch that keeps `records`' buffer.
+    /// An empty batch that keeps `records`' buffer, or the part of it that
+    /// the last batch used when that was under a quarter.
     fn reusing(mut records: Vec<Decoded<T>>) -> Self {
+        if records.len() < records.capacity() / 4 {
+            records.shrink_to(records.len());
+        }
         records.clear();
         Self {
             records,
@@ -941,7 +946,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reused_buffer_starts_empty_and_keeps_its_room() {
+    fn a_reused_buffer_starts_empty_and_gives_its_room_back_only_when_the_partition_goes_quiet() {
         let mut batch = Batch::new();
         for offset in 0..100 {
             batch.push(record(offset));
@@ -952,5 +957,8 @@ mod tests {
         assert_eq!(next.records.capacity(), capacity);
         next.push(record(100));
         assert_eq!((next.first, next.next), (Some(100), 101));
+        // A partition gone quiet: a batch of one gives back the room.
+        let quiet = Batch::reusing(next.records);
+        assert!(quiet.records.capacity() < 4, "{}", quiet.records.capacity());
     }
 }

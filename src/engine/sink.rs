@@ -96,8 +96,9 @@ pub trait Sink: Send + Sync + 'static {
     /// the batch was dead-lettered) durable, with `next_offset` as the
     /// partition's position after them when the sink stores positions.
     /// Records below the stored position were applied before and must
-    /// change nothing. A sink must not keep a share of the batch once the
-    /// write is done: the engine takes its buffer back for the next batch.
+    /// change nothing. A sink should not keep a share of the batch once
+    /// the write is done: the engine takes its buffer back for the next
+    /// batch, and a share kept costs a new buffer.
     fn write(
         &self,
         partition: PartitionKey,
