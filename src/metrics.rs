@@ -179,7 +179,7 @@ impl Metrics {
                     "committed_offset",
                     "Next offset to project, committed with the view.",
                 ),
-                &["topic", "partition"],
+                &["group", "topic", "partition"],
             )?,
             db_transactions: IntCounterVec::new(
                 Opts::new("db_transactions_total", "Database transactions by outcome."),
@@ -209,7 +209,7 @@ impl Metrics {
                     "partition_blocked",
                     "1 while a partition retries a failed transaction, else 0.",
                 ),
-                &["topic", "partition"],
+                &["group", "topic", "partition"],
             )?,
             dead_letters: IntCounterVec::new(
                 Opts::new(
@@ -230,7 +230,7 @@ impl Metrics {
                     "stored_offset_ahead_records",
                     "Records by which a partition's stored offset is above the log's high watermark (recreated topic or lost broker data): the partition is stopped until `chronolog offsets reset`.",
                 ),
-                &["topic", "partition"],
+                &["group", "topic", "partition"],
             )?,
             topic_retention_finite: IntGaugeVec::new(
                 Opts::new(

@@ -45,7 +45,7 @@ use crate::actors::producer::{KafkaProducer, PublishDeadLetter};
 use crate::db::queries::PartitionKey;
 use crate::engine::group::{GroupConsumer, PartitionQueue};
 use crate::engine::sink::{Decoded, Sink, SinkError};
-use crate::engine::status::GroupStatus;
+use crate::engine::status::{self, GroupStatus};
 use crate::kafka::dead_letter::{DeadLetter, SourcePosition};
 use crate::kafka::record::{self, DecodeError};
 use crate::metrics::Metrics;
@@ -273,7 +273,7 @@ impl<S: Sink> Handler<Drain> for PartitionConsumer<S> {
             .deps
             .metrics
             .stored_offset_ahead
-            .with_label_values(&[&self.key.topic, &self.key.partition.to_string()]);
+            .with_label_values(&status::labels(&self.key));
         let drain = async move {
             if let Some(worker) = worker {
                 // Fails only when the worker already ended, which is fine.
@@ -714,7 +714,7 @@ impl<S: Sink> PartitionRun<S> {
             .deps
             .metrics
             .stored_offset_ahead
-            .with_label_values(&[&self.key.topic, &self.key.partition.to_string()]);
+            .with_label_values(&status::labels(&self.key));
         let (stored, high) = self.positions(stop).await?;
         let cause = match (rewound, stored) {
             (Some((committed, read)), _) => format!(

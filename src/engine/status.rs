@@ -8,6 +8,16 @@ use std::sync::{Arc, Mutex};
 use crate::db::queries::PartitionKey;
 use crate::metrics::Metrics;
 
+/// The labels of a partition's series: its group's, so that the view, the
+/// shop's views and every pipeline reading one topic each keep their own.
+pub(crate) fn labels(key: &PartitionKey) -> [String; 3] {
+    [
+        key.group_id.clone(),
+        key.topic.clone(),
+        key.partition.to_string(),
+    ]
+}
+
 /// What the group's partitions are doing, for `/ready`.
 pub struct GroupStatus {
     assigned: Mutex<BTreeSet<i32>>,
@@ -76,7 +86,7 @@ impl GroupStatus {
         }
         self.metrics
             .partition_blocked
-            .with_label_values(&[&key.topic, &key.partition.to_string()])
+            .with_label_values(&labels(key))
             .set(i64::from(blocked));
     }
 
@@ -137,7 +147,7 @@ impl GroupStatus {
         self.commits.send_modify(|n| *n = n.wrapping_add(1));
         self.metrics
             .committed_offset
-            .with_label_values(&[&key.topic, &key.partition.to_string()])
+            .with_label_values(&labels(key))
             .set(next_offset);
     }
 

@@ -584,6 +584,41 @@ async fn get_shows_a_pipeline_running_failing_and_running_again_with_records_and
             })
             .collect::<Vec<_>>()
     );
+    // The partition's series are the pipeline group's own: the view reads
+    // the same partition, commits the record the pipeline cannot write, and
+    // is not shown as blocked.
+    let metrics = app.metrics();
+    let series = |group: &str| [group.to_owned(), topic.clone(), blocked.to_string()];
+    let (pipeline_group, view_group) = (
+        chronolog::engine::pipeline_manager::group_id(&name),
+        app.settings.kafka_group_id.clone(),
+    );
+    let after = accepted["offset"].as_i64().unwrap() + 1;
+    eventually("the view commits the record", || async {
+        let view = metrics
+            .committed_offset
+            .with_label_values(&series(&view_group));
+        (view.get() == after).then_some(())
+    })
+    .await;
+    let gauges = |group: &str| {
+        (
+            metrics
+                .partition_blocked
+                .with_label_values(&series(group))
+                .get(),
+            metrics
+                .committed_offset
+                .with_label_values(&series(group))
+                .get(),
+        )
+    };
+    assert_eq!(gauges(&view_group), (0, after));
+    assert_eq!(
+        gauges(&pipeline_group),
+        (1, next.get(&blocked).copied().unwrap_or(0))
+    );
+
     // The lag gauge, measured from outside the group, counts the blocked
     // record; it is back at 0 below.
     let gauge =

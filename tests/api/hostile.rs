@@ -319,7 +319,7 @@ async fn a_stored_offset_above_the_log_stops_the_partition_until_an_operator_res
     let ahead = |partition: &str| {
         app.metrics()
             .stored_offset_ahead
-            .with_label_values(&[&topic, partition])
+            .with_label_values(&[&app.settings.kafka_group_id, &topic, partition])
             .get()
     };
     eventually(
@@ -567,7 +567,7 @@ async fn a_busy_pool_is_not_a_lost_connection() {
         .map(|p| {
             app.metrics()
                 .partition_blocked
-                .with_label_values(&[&topic, &p.to_string()])
+                .with_label_values(&[&app.settings.kafka_group_id, &topic, &p.to_string()])
                 .get()
         })
         .sum();

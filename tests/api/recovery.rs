@@ -344,7 +344,11 @@ async fn with_the_database_down_the_consumer_blocks_and_resumes_with_nothing_los
         .map(|p| {
             metrics
                 .partition_blocked
-                .with_label_values(&[&settings.kafka_topic, &p.to_string()])
+                .with_label_values(&[
+                    &settings.kafka_group_id,
+                    &settings.kafka_topic,
+                    &p.to_string(),
+                ])
                 .get()
         })
         .sum();
