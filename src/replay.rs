@@ -57,13 +57,7 @@ pub async fn pipelines_replay(settings: &Settings, options: &ReplayOptions) -> a
     let definition = Definition { sink, ..definition }
         .validate()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let compiled = Compiled {
-        version,
-        filters: definition
-            .compile_filters()
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-        key: definition.key_path(),
-    };
+    let compiled = Compiled::new(version, &definition).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     // Each topic's range, fixed now: the sink drops what lies past it.
     let mut targets = HashMap::new();

@@ -46,7 +46,9 @@ use crate::engine::pg_sink::Projection;
 use crate::engine::sink::{Decoded, Records, Rejected, Sink, SinkError, Written};
 use crate::kafka::record::{DecodeError, RecordHeaders};
 use crate::metrics::Metrics;
-use crate::pipelines::{Filters, Header, KeyPath, Outcome, RecordMeta};
+use crate::pipelines::{
+    CompileError, Definition, Filters, Header, KeyPath, Outcome, RecordMeta, Sink as SinkDefinition,
+};
 
 /// Longest key a sink takes (a PostgreSQL index entry holds about 2.7 kB).
 const MAX_KEY_BYTES: usize = 1024;
@@ -61,6 +63,21 @@ pub struct Compiled {
     /// The path of the output's key in the filtered value, if the
     /// definition names one.
     pub key: Option<KeyPath>,
+    /// Whether the outputs go to a PostgreSQL table, whose `jsonb` holds a
+    /// number only within the range of PostgreSQL's `numeric`.
+    pub to_postgres: bool,
+}
+
+impl Compiled {
+    /// Version `version` of `definition`, its filters compiled.
+    pub fn new(version: i32, definition: &Definition) -> Result<Self, CompileError> {
+        Ok(Self {
+            version,
+            filters: definition.compile_filters()?,
+            key: definition.key_path(),
+            to_postgres: matches!(definition.sink, SinkDefinition::Postgres { .. }),
+        })
+    }
 }
 
 /// What every output of one pipeline shares: its name, the version in use,
@@ -226,11 +243,21 @@ impl PipelineState {
             Outcome::Failed(error) => return Err(DecodeError::FilterError(error)),
         };
         // What PostgreSQL would refuse for ever must not reach a sink: a NUL
-        // in a text, a key longer than an index entry can be.
+        // in a text, a key longer than an index entry can be, and for a
+        // table a number its `jsonb` cannot hold (a batch holding one would
+        // be retried for ever).
         if doc.holds_nul() {
             return Err(DecodeError::FilterError(
                 "the filtered value holds a NUL character".to_owned(),
             ));
+        }
+        if compiled.to_postgres
+            && let Some(number) = doc.number_past_numeric()
+        {
+            return Err(DecodeError::SinkRefused(format!(
+                "the value holds a number PostgreSQL's jsonb cannot hold \
+                 (below 10^131072, at most 16383 decimals): {number}"
+            )));
         }
         let key = match &compiled.key {
             None => None,

@@ -422,11 +422,7 @@ impl PipelineManager {
 
 /// Compiles a stored version.
 fn compile(stored: &Stored) -> Result<Compiled, crate::pipelines::CompileError> {
-    Ok(Compiled {
-        version: stored.version,
-        filters: stored.definition.compile_filters()?,
-        key: stored.definition.key_path(),
-    })
+    Compiled::new(stored.version, &stored.definition)
 }
 
 impl Actor for PipelineManager {

@@ -87,6 +87,24 @@ impl Document {
         }
     }
 
+    /// The first number PostgreSQL's `numeric`, and so its `jsonb`, cannot
+    /// hold (see [`fits_numeric`]), as it would be written to the sink
+    /// (serde_json writes an exponent with its sign: `1e+200000`; its first
+    /// 40 characters and its length when longer); `None` when every number fits. Only a value
+    /// read as written can hold one: VRL's numbers are integers within
+    /// `i64`, finite floats, or text.
+    pub fn number_past_numeric(&self) -> Option<String> {
+        const SHOWN: usize = 40;
+        let Repr::Json(value) = &self.0 else {
+            return None;
+        };
+        let text = first_number(value, &|n| !fits_numeric(n.as_str()))?.as_str();
+        Some(match text.get(..SHOWN) {
+            Some(start) if text.len() > SHOWN => format!("{start}… ({} characters)", text.len()),
+            _ => text.to_owned(),
+        })
+    }
+
     /// The text of the scalar at `path`, as a key: a string as it is, a
     /// number or a boolean as JSON writes it; `None` when there is no such
     /// scalar (nothing there, null, an object or an array).
@@ -129,6 +147,58 @@ fn json_key(value: &serde_json::Value) -> Option<String> {
         serde_json::Value::Number(_) | serde_json::Value::Bool(_) => Some(value.to_string()),
         _ => None,
     }
+}
+
+/// The first number in `value` (depth first) that `wanted` picks.
+fn first_number<'a>(
+    value: &'a serde_json::Value,
+    wanted: &impl Fn(&serde_json::Number) -> bool,
+) -> Option<&'a serde_json::Number> {
+    match value {
+        serde_json::Value::Number(number) => wanted(number).then_some(number),
+        serde_json::Value::Array(items) => items.iter().find_map(|v| first_number(v, wanted)),
+        serde_json::Value::Object(fields) => fields.values().find_map(|v| first_number(v, wanted)),
+        serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::String(_) => None,
+    }
+}
+
+/// Decimal places of the highest digit PostgreSQL's `numeric` holds: a
+/// value is below 10^131072.
+const NUMERIC_MAX_MAGNITUDE: i64 = 131_072;
+/// Most digits after the decimal point a `numeric` keeps (its display
+/// scale is 14 bits).
+const NUMERIC_MAX_SCALE: i64 = 16_383;
+/// An exponent PostgreSQL refuses before looking at the digits.
+const NUMERIC_MAX_EXPONENT: i64 = (i32::MAX / 2) as i64;
+
+/// Whether PostgreSQL's `numeric` input takes the JSON number `text`, as
+/// PostgreSQL 15 reads one (a test checks the edges against a real server): its exponent within ±`i32::MAX / 2`, its
+/// display scale (the decimals as written, less the exponent) at most
+/// 16383, even for a zero, and its value below 10^131072.
+fn fits_numeric(text: &str) -> bool {
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        // An exponent past `i64` is past PostgreSQL's limit too.
+        Some((mantissa, exponent)) => match exponent.parse::<i64>() {
+            Ok(exponent) => (mantissa, exponent),
+            Err(_) => return false,
+        },
+        None => (unsigned, 0),
+    };
+    if exponent.abs() >= NUMERIC_MAX_EXPONENT {
+        return false;
+    }
+    let (integer, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let (integer_digits, fraction_digits) = (integer.len() as i64, fraction.len() as i64);
+    if fraction_digits - exponent > NUMERIC_MAX_SCALE {
+        return false;
+    }
+    // The place of the first digit that is not 0 (a zero fits).
+    let first = integer
+        .bytes()
+        .chain(fraction.bytes())
+        .position(|digit| digit != b'0');
+    first.is_none_or(|at| integer_digits - 1 - at as i64 + exponent < NUMERIC_MAX_MAGNITUDE)
 }
 
 fn vrl_holds_nul(value: &Value) -> bool {
@@ -338,6 +408,32 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn numbers_past_numeric_are_found_as_written_and_only_there() {
+        let zeros = "0".repeat(50);
+        for (text, found) in [
+            (
+                r#"{"a": [1, 19.990, -0, 1e131071, 9e-16383]}"#.to_owned(),
+                None,
+            ),
+            (
+                r#"{"a": {"b": [2, 1e200000]}, "c": 1e999999}"#.to_owned(),
+                Some("1e+200000".to_owned()),
+            ),
+            (
+                format!(r#"{{"long": 1{zeros}e131030}}"#),
+                // Written as `1…0e+131030`, 59 characters.
+                Some(format!("1{}… (59 characters)", &zeros[..39])),
+            ),
+        ] {
+            let doc = Document::read_json(text.as_bytes()).unwrap();
+            assert_eq!(doc.number_past_numeric(), found, "{text}");
+        }
+        // VRL reads such a number as its text: nothing to find.
+        let doc = Document::read_vrl(br#"{"a": 1e200000}"#).unwrap();
+        assert_eq!(doc.number_past_numeric(), None);
     }
 
     #[test]

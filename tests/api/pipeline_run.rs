@@ -1094,6 +1094,7 @@ async fn a_key_twice_in_one_batch_is_written_once_with_its_last_record() {
         version: 1,
         filters: chronolog::pipelines::Filters::compile::<&str>(&[]).unwrap(),
         key: None,
+        to_postgres: true,
     };
     let state = PipelineState::new(&name(), compiled, chronolog::metrics::Metrics::new());
     let sink = PipelineTable::new(state, &table);
@@ -1166,4 +1167,144 @@ async fn a_key_twice_in_one_batch_is_written_once_with_its_last_record() {
         rows,
         vec![row("a", 3, 2), row("b", 6, 5), row("t:0:3", 4, 3)]
     );
+}
+
+#[actix_rt::test]
+async fn a_number_postgresql_cannot_hold_is_dead_lettered_from_a_table_and_kept_in_a_file() {
+    let app = TestApp::spawn().await;
+    let topic = second_topic(&app, "numbers").await;
+    let (table, named) = (table(), name());
+    let path = std::env::temp_dir().join(format!("{}.jsonl", unique("numbers")));
+    apply(
+        &app,
+        json!({"name": named, "topics": [topic], "sink": {"type": "postgres", "table": table}}),
+    )
+    .await;
+    apply(
+        &app,
+        json!({
+            "name": name(),
+            "topics": [topic],
+            "sink": {"type": "file", "path": path.to_str().unwrap()},
+        }),
+    )
+    .await;
+    // In one partition, in order: the largest power of ten PostgreSQL
+    // holds, a number it cannot hold, a record after it.
+    let values: [&[u8]; 3] = [
+        br#"{"n": 1e131071}"#,
+        br#"{"n": [1, 1e200000]}"#,
+        br#"{"n": 0.5}"#,
+    ];
+    let mut positions = Vec::new();
+    for value in values {
+        let (partition, offset) = produce_raw(&topic, Some(0), Some("k"), value, None).await;
+        positions.push(format!("{topic}:{partition}:{offset}"));
+    }
+
+    // The table takes the records around it, keyed by source position.
+    let written = eventually("the records around it in the table", || async {
+        let written = contents(&app, &table).await;
+        (written.len() == 2).then_some(written)
+    })
+    .await;
+    let keys: Vec<&str> = written.iter().map(|(key, ..)| key.as_str()).collect();
+    assert_eq!(keys, [positions[0].as_str(), positions[2].as_str()]);
+    assert_eq!(written[1].1, json!({"n": 0.5}));
+
+    // The refused one is in the dead-letter topic as it was, with why.
+    let dlq = chronolog::kafka::dead_letter::dead_letter_topic(&topic);
+    let letters = eventually("its dead letter", || async {
+        let letters = read_topic(&dlq).await;
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    use rdkafka::Message as _;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].payload(), Some(values[1]));
+    assert_eq!(
+        header(&letters[0], "dlq.reason").as_deref(),
+        Some("sink_refused")
+    );
+    assert_eq!(
+        header(&letters[0], "dlq.error").as_deref(),
+        Some(
+            "the value holds a number PostgreSQL's jsonb cannot hold \
+             (below 10^131072, at most 16383 decimals): 1e+200000"
+        )
+    );
+    let failed = app
+        .metrics()
+        .pipeline_records
+        .with_label_values(&[named.as_str(), "failed"])
+        .get();
+    assert_eq!(failed, 1);
+
+    // A file holds any JSON number: every record is there, as written.
+    let lines = eventually("every record in the file", || async {
+        let lines = lines(&path);
+        (lines.len() == 3).then_some(lines)
+    })
+    .await;
+    let sources: Vec<&str> = lines
+        .iter()
+        .map(|l| l["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, positions);
+    assert_eq!(lines[1]["doc"].to_string(), r#"{"n":[1,1e+200000]}"#);
+    app.stop().await;
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[actix_rt::test]
+async fn a_number_is_refused_exactly_where_postgresql_refuses_it() {
+    use chronolog::pipelines::Document;
+    let app = TestApp::spawn().await;
+    let mut conn = AsyncPgConnection::establish(app.settings.database_url.expose())
+        .await
+        .unwrap();
+    let (ones, zeros) = (|n: usize| "1".repeat(n), |n: usize| "0".repeat(n));
+    let numbers = [
+        "0".to_owned(),
+        "-12.5e-3".to_owned(),
+        "1e131071".to_owned(),
+        "9.99e131071".to_owned(),
+        "1e131072".to_owned(),
+        "0.1e131072".to_owned(),
+        ones(131_072),
+        ones(131_073),
+        format!("-{}.5", ones(131_072)),
+        "1e-16383".to_owned(),
+        "1e-16384".to_owned(),
+        "0e-16384".to_owned(),
+        format!("0.{}", zeros(16_383)),
+        format!("0.{}", zeros(16_384)),
+        format!("0.{}e1", zeros(16_384)),
+        format!("1.{}e-1", ones(16_382)),
+        format!("1.{}e-1", ones(16_383)),
+        "1e1073741822".to_owned(),
+        "0e1073741822".to_owned(),
+        "0e1073741823".to_owned(),
+        "0E+99999999999999999999".to_owned(),
+    ];
+    for number in numbers {
+        let text = format!(r#"{{"n": {number}}}"#);
+        let ours = Document::read_json(text.as_bytes())
+            .unwrap()
+            .number_past_numeric()
+            .is_none();
+        let theirs = diesel::sql_query("SELECT $1::jsonb::text AS doc")
+            .bind::<diesel::sql_types::Text, _>(&text)
+            .execute(&mut conn)
+            .await;
+        let shown = &number[..number.len().min(40)];
+        match theirs {
+            Ok(_) => assert!(ours, "PostgreSQL takes {shown}, we refuse it"),
+            Err(error) => {
+                assert!(!ours, "PostgreSQL refuses {shown} ({error}), we take it");
+                assert_eq!(error.to_string(), "value overflows numeric format");
+            }
+        }
+    }
+    app.stop().await;
 }
