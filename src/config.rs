@@ -112,7 +112,8 @@ pub struct Settings {
 
     /// Static group membership (`group.instance.id`): a restarted process with
     /// the same id takes its predecessor's partitions back without waiting for
-    /// the session timeout. Must be unique per running process. Empty: dynamic.
+    /// the session timeout. Must be unique per running process; each consumer
+    /// uses it with `-TOPIC` appended. Empty: dynamic.
     #[arg(
         long,
         env = "KAFKA_GROUP_INSTANCE_ID",

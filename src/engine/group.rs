@@ -363,7 +363,7 @@ impl ConsumerGroup {
             partitions: Mutex::new(HashMap::new()),
             at_end: membership == Membership::SubscribeAtEnd,
         });
-        let mut config = consumer_config(settings, group_id);
+        let mut config = consumer_config(settings, group_id, topic);
         if membership == Membership::SubscribeAtEnd {
             config.set("auto.offset.reset", "latest");
         }

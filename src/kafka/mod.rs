@@ -399,10 +399,10 @@ pub fn producer_config(settings: &Settings) -> ClientConfig {
     config
 }
 
-/// A consumer of `group_id` that never commits an offset it was not told to
+/// A consumer of `topic` in `group_id` that never commits an offset it was not told to
 /// store: offsets are stored only after the database commit, and librdkafka
 /// commits what is stored (periodically and on revoke) so that lag tools work.
-pub fn consumer_config(settings: &Settings, group_id: &str) -> ClientConfig {
+pub fn consumer_config(settings: &Settings, group_id: &str, topic: &str) -> ClientConfig {
     let mut config = base_config(settings);
     config
         .set("group.id", group_id)
@@ -426,8 +426,14 @@ pub fn consumer_config(settings: &Settings, group_id: &str) -> ClientConfig {
                 .max(100)
                 .to_string(),
         );
+    // A static member id names one consumer, and a process runs one per
+    // topic of a group (a pipeline may read several): each gets the
+    // process's id with its topic, or the broker fences all but one.
     if !settings.kafka_group_instance_id.is_empty() {
-        config.set("group.instance.id", &settings.kafka_group_instance_id);
+        config.set(
+            "group.instance.id",
+            format!("{}-{topic}", settings.kafka_group_instance_id),
+        );
     }
     apply_options(&mut config, &settings.kafka_options);
     config
@@ -471,7 +477,7 @@ mod tests {
         for config in [
             base_config(&settings),
             producer_config(&settings),
-            consumer_config(&settings, "g"),
+            consumer_config(&settings, "g", "t"),
         ] {
             assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
             assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
@@ -483,6 +489,21 @@ mod tests {
         }
         // chronolog's own `acks=all` is overridden too.
         assert_eq!(producer_config(&settings).get("acks"), Some("1"));
+    }
+
+    #[test]
+    fn each_topic_consumer_of_a_static_member_has_an_id_of_its_own() {
+        let mut settings = settings();
+        assert_eq!(
+            consumer_config(&settings, "g", "t").get("group.instance.id"),
+            None
+        );
+        settings.kafka_group_instance_id = "node-1".to_owned();
+        for topic in ["orders", "customers"] {
+            let config = consumer_config(&settings, "g", topic);
+            let expected = format!("node-1-{topic}");
+            assert_eq!(config.get("group.instance.id"), Some(expected.as_str()));
+        }
     }
 
     #[test]

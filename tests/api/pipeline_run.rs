@@ -819,7 +819,21 @@ async fn two_consumer_processes_split_a_pipeline_and_both_take_a_change_and_refu
 
 #[actix_rt::test]
 async fn a_pipeline_reads_several_topics_into_one_sink() {
-    let app = TestApp::spawn().await;
+    reads_two_topics_into_one_sink(TestApp::spawn().await).await;
+}
+
+#[actix_rt::test]
+async fn a_pipeline_reads_several_topics_into_one_sink_as_a_static_member() {
+    // One static member id per process: each topic's consumer in the
+    // pipeline's group needs one of its own, or the broker fences one.
+    let mut settings = crate::helpers::settings(&crate::helpers::create_database().await);
+    settings.kafka_group_instance_id = unique("instance");
+    reads_two_topics_into_one_sink(TestApp::spawn_with(settings, &[]).await).await;
+}
+
+/// A pipeline on `app`'s command topic and another topic writes a row of
+/// each into one table.
+async fn reads_two_topics_into_one_sink(app: TestApp) {
     let other = second_topic(&app, "other").await;
     let table = table();
     apply(
