@@ -44,6 +44,12 @@ pub trait Projection: Send + Sync + 'static {
         records: &'a [Decoded<Self::Item>],
     ) -> BoxFuture<'a, Result<Vec<Rejected>, DbError>>;
 
+    /// Called after the commit with the records [`Projection::apply`] was
+    /// given in that transaction, to count them: counted before the commit,
+    /// a transaction that failed and was retried would count them twice
+    /// (the default does nothing).
+    fn committed(&self, _records: &[Decoded<Self::Item>]) {}
+
     /// Logs a record of a committed batch (the default logs nothing).
     fn projected(&self, _record: &Decoded<Self::Item>) {}
 }
@@ -91,24 +97,23 @@ impl<P: Projection> Sink for PgSink<P> {
         let (pool, projection) = (self.pool.clone(), self.projection.clone());
         async move {
             let mut conn = crate::db::checkout(&pool).await.map_err(sink_error)?;
-            let rejected = conn
+            let (rejected, fresh) = conn
                 .transaction::<_, DbError, _>(async |conn| {
                     let stored = queries::lock_offset(conn, &partition).await?;
                     let fresh = match stored {
-                        Some(stored) => {
-                            let at = records.partition_point(|r| r.offset < stored);
-                            &records[at..]
-                        }
-                        None => &records[..],
+                        Some(stored) => records.partition_point(|r| r.offset < stored),
+                        None => 0,
                     };
-                    let rejected = projection.apply(conn, &partition, fresh).await?;
+                    let rejected = projection
+                        .apply(conn, &partition, &records[fresh..])
+                        .await?;
                     queries::save_offset(conn, &partition, next_offset).await?;
-                    Ok(rejected)
+                    Ok((rejected, fresh))
                 })
-                .await;
-            rejected
-                .map(|rejected| Written { rejected })
-                .map_err(sink_error)
+                .await
+                .map_err(sink_error)?;
+            projection.committed(&records[fresh..]);
+            Ok(Written { rejected })
         }
         .boxed()
     }

@@ -355,10 +355,15 @@ fn refused(record: &Decoded<Processed>, why: &str) -> Rejected {
     }
 }
 
-/// Counts the kept records of a durable batch.
-fn count_out(state: &PipelineState, records: &[Decoded<Processed>]) {
-    let out = records.iter().filter(|r| r.item.output.is_some()).count();
-    state.counters.out.inc_by(out as u64);
+/// Counts the kept records of a durable batch: `refused` of them were
+/// dead-lettered by the sink (failed), the others are out.
+fn count_out(state: &PipelineState, records: &[Decoded<Processed>], refused: usize) {
+    let kept = records.iter().filter(|r| r.item.output.is_some()).count();
+    state
+        .counters
+        .out
+        .inc_by(kept.saturating_sub(refused) as u64);
+    state.counters.failed.inc_by(refused as u64);
 }
 
 /// A pipeline's PostgreSQL table: `(key, doc, source_topic,
@@ -592,10 +597,13 @@ impl Projection for PipelineTable {
                     .execute(conn)
                     .await?;
             }
-            count_out(&self.state, records);
             Ok(Vec::new())
         }
         .boxed()
+    }
+
+    fn committed(&self, records: &[Decoded<Processed>]) {
+        count_out(&self.state, records, 0);
     }
 }
 
@@ -755,7 +763,7 @@ impl Sink for TopicOutput {
                     Err((error, _)) => return Err(SinkError::Failed(error.to_string())),
                 }
             }
-            count_out(&state, &records);
+            count_out(&state, &records, rejected.len());
             Ok(Written { rejected })
         }
         .boxed()
@@ -853,7 +861,7 @@ impl Sink for FileOutput {
             .await
             .map_err(|e| SinkError::Failed(e.to_string()))?;
             written.map_err(|e| SinkError::Failed(format!("cannot write the file: {e}")))?;
-            count_out(&state, &records);
+            count_out(&state, &records, 0);
             Ok(Written::default())
         }
         .boxed()

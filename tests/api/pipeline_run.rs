@@ -1322,3 +1322,147 @@ async fn a_number_is_refused_exactly_where_postgresql_refuses_it() {
     }
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_batch_whose_commit_fails_is_counted_out_once_when_it_is_written() {
+    let app = TestApp::spawn().await;
+    let (table, named) = (table(), name());
+    apply(
+        &app,
+        json!({
+            "name": named,
+            "topics": [app.settings.kafka_topic],
+            "sink": {"type": "postgres", "table": table, "key": ".command_id"},
+        }),
+    )
+    .await;
+    app.accept(None).await;
+    eventually("the first row", || async {
+        (rows(&app, &table).await.len() == 1).then_some(())
+    })
+    .await;
+
+    // A constraint checked at commit: the batch's rows go in, then its
+    // commit fails, and it is retried until the constraint goes.
+    let mut conn = AsyncPgConnection::establish(app.settings.database_url.expose())
+        .await
+        .unwrap();
+    for sql in [
+        format!(
+            "CREATE FUNCTION \"refuse_{table}\"() RETURNS trigger LANGUAGE plpgsql \
+             AS $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$"
+        ),
+        format!(
+            "CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT OR UPDATE ON \"{table}\" \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION \"refuse_{table}\"()"
+        ),
+    ] {
+        diesel::sql_query(sql).execute(&mut conn).await.unwrap();
+    }
+    let response = app.post(None, None).await;
+    assert_eq!(response.status().as_u16(), 202);
+    let partition = response.json::<Value>().await.unwrap()["partition"].to_string();
+    let metrics = app.metrics();
+    let group = chronolog::engine::pipeline_manager::group_id(&named);
+    let blocked = || {
+        metrics
+            .partition_blocked
+            .with_label_values(&[group.as_str(), &app.settings.kafka_topic, &partition])
+            .get()
+    };
+    eventually("the commit failed", || async {
+        (blocked() == 1).then_some(())
+    })
+    .await;
+    diesel::sql_query(format!("DROP TRIGGER refuse_at_commit ON \"{table}\""))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    eventually("the second row", || async {
+        (rows(&app, &table).await.len() == 2 && blocked() == 0).then_some(())
+    })
+    .await;
+    let count = |outcome: &str| {
+        metrics
+            .pipeline_records
+            .with_label_values(&[named.as_str(), outcome])
+            .get()
+    };
+    let counts: Vec<u64> = ["in", "out", "dropped", "failed"].map(count).into();
+    assert_eq!(counts, [2, 2, 0, 0]);
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn an_output_the_topic_refuses_is_dead_lettered_and_counted_failed_not_out() {
+    use rdkafka::Message as _;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    // The mock cluster, to make the broker refuse one produce request.
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let mut settings = crate::helpers::settings(&crate::helpers::create_database().await);
+    settings.kafka_brokers = mock.bootstrap_servers();
+    let out = format!("{}.out", settings.kafka_topic);
+    for topic in [&settings.kafka_topic, &settings.dead_letter_topic(), &out] {
+        mock.create_topic(topic, 3, 1).expect("topic");
+    }
+    let app = TestApp::spawn_with(settings.clone(), &[]).await;
+    let refused = app.accept(None).await.to_string();
+    // The next produce request is the pipeline's output of that record.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let named = name();
+    apply(
+        &app,
+        json!({"name": named, "topics": [settings.kafka_topic], "sink": {"type": "kafka", "topic": out}}),
+    )
+    .await;
+    let letter = eventually("the refused output's dead letter", || async {
+        let letters =
+            crate::helpers::read_topic_at(&settings.kafka_brokers, &settings.dead_letter_topic())
+                .await;
+        letters.into_iter().next()
+    })
+    .await;
+    assert_eq!(
+        header(&letter, "dlq.reason").as_deref(),
+        Some("sink_refused")
+    );
+    let error = header(&letter, "dlq.error").unwrap_or_default();
+    assert!(
+        error.starts_with("the output topic refused the record: "),
+        "{error}"
+    );
+    let doc: Value = serde_json::from_slice(letter.payload().unwrap()).unwrap();
+    assert_eq!(doc["command_id"], json!(refused));
+
+    // The next record goes out; the refused one stays failed.
+    let passed = app.accept(None).await.to_string();
+    let copies = eventually("the next record in the output topic", || async {
+        let copies = crate::helpers::read_topic_at(&settings.kafka_brokers, &out).await;
+        (!copies.is_empty()).then_some(copies)
+    })
+    .await;
+    let ids: Vec<Value> = copies
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<Value>(m.payload().unwrap()).unwrap()["command_id"].clone()
+        })
+        .collect();
+    assert_eq!(ids, [json!(passed)]);
+    let metrics = app.metrics();
+    let count = |outcome: &str| {
+        metrics
+            .pipeline_records
+            .with_label_values(&[named.as_str(), outcome])
+            .get()
+    };
+    eventually("the counts", || async {
+        let counts: Vec<u64> = ["in", "out", "dropped", "failed"].map(count).into();
+        (counts == [2, 1, 0, 1]).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
