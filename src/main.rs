@@ -250,11 +250,7 @@ fn main() -> anyhow::Result<()> {
                 let suffix = uuid::Uuid::new_v4().simple().to_string();
                 let options = chronolog::replay::ReplayOptions {
                     group_id: group_id.unwrap_or_else(|| {
-                        format!(
-                            "{}-replay-{}",
-                            chronolog::engine::pipeline_manager::group_id(&name),
-                            &suffix[..12]
-                        )
+                        chronolog::engine::pipeline_manager::replay_group_id(&name, &suffix[..12])
                     }),
                     name,
                     range: chronolog::engine::replay::Range { from: from.0, to },

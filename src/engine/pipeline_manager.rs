@@ -56,14 +56,31 @@ pub const RETRY: Duration = Duration::from_secs(5);
 /// How often each pipeline's lag is measured.
 const LAG_EVERY: Duration = Duration::from_secs(2);
 
-/// The consumer group of pipeline `name`.
-pub fn group_id(name: &str) -> String {
-    format!("chronolog-pipeline-{name}")
+/// The consumer group of pipeline `name` created (or created again after a
+/// deletion) at version `created_version`: a pipeline applied again under a
+/// deleted one's name is a new pipeline, which starts where its definition
+/// says, not at the offsets the deleted one left in its group. A name holds
+/// no `.`, so no two groups are one.
+pub fn group_id(name: &str, created_version: i32) -> String {
+    match created_version {
+        1 => format!("chronolog-pipeline-{name}"),
+        created => format!("chronolog-pipeline-{name}.{created}"),
+    }
+}
+
+/// A consumer group of its own for a replay of pipeline `name`, told apart
+/// from others by `suffix`.
+pub fn replay_group_id(name: &str, suffix: &str) -> String {
+    format!("chronolog-pipeline-{name}-replay-{suffix}")
 }
 
 /// A pipeline running in this process.
 struct Running {
     definition: Definition,
+    /// Its consumer group (see [`group_id`]).
+    group: String,
+    /// The version it was created at (see [`Stored::created_version`]).
+    created_version: i32,
     state: Arc<PipelineState>,
     groups: Vec<ConsumerGroup>,
     /// Measures the pipeline's lag; made at the first measurement.
@@ -136,6 +153,7 @@ impl PipelineManager {
     fn start_pipeline(&self, stored: &Stored) -> Result<Running, String> {
         let definition = &stored.definition;
         let name = definition.name.as_str();
+        let group = group_id(name, stored.created_version);
         let compiled = compile(stored).map_err(|e| e.to_string())?;
         let state = PipelineState::new(name, compiled, self.metrics.clone());
         let membership = match definition.start {
@@ -155,7 +173,7 @@ impl PipelineManager {
         for topic in &definition.topics {
             let started = match &definition.sink {
                 SinkDefinition::Postgres { table, .. } => self.join(
-                    name,
+                    &group,
                     topic,
                     &membership,
                     Arc::new(PgSink::new(
@@ -166,7 +184,7 @@ impl PipelineManager {
                 SinkDefinition::Kafka { topic: out, .. } => {
                     match crate::kafka::producer_config(&self.settings).create() {
                         Ok(producer) => self.join(
-                            name,
+                            &group,
                             topic,
                             &membership,
                             Arc::new(TopicOutput::new(
@@ -180,7 +198,7 @@ impl PipelineManager {
                     }
                 }
                 SinkDefinition::File { .. } => match &file {
-                    Some(output) => self.join(name, topic, &membership, output.clone()),
+                    Some(output) => self.join(&group, topic, &membership, output.clone()),
                     None => Err("the pipeline's file is not open".to_owned()),
                 },
             };
@@ -203,6 +221,8 @@ impl PipelineManager {
         tracing::info!(pipeline = name, version = stored.version, topics = ?definition.topics, sink = store::describe_sink(&definition.sink), "pipeline started");
         Ok(Running {
             definition: definition.clone(),
+            group,
+            created_version: stored.created_version,
             state,
             groups,
             lag: None,
@@ -211,14 +231,14 @@ impl PipelineManager {
 
     fn join<S: crate::engine::sink::Sink>(
         &self,
-        name: &str,
+        group: &str,
         topic: &str,
         membership: &Membership,
         sink: Arc<S>,
     ) -> Result<ConsumerGroup, String> {
         ConsumerGroup::start(
             &self.settings,
-            &group_id(name),
+            group,
             topic,
             membership.clone(),
             sink,
@@ -250,11 +270,10 @@ impl PipelineManager {
         for (name, stored) in wanted {
             match self.running.get(&name) {
                 Some(running) if running.state.version() == stored.version => {}
-                Some(running)
-                    if running.definition.topics == stored.definition.topics
-                        && running.definition.sink == stored.definition.sink
-                        && running.definition.start == stored.definition.start =>
-                {
+                // A new version of the same pipeline (its topics and sink
+                // cannot change; its start only matters to a new group):
+                // the filters are swapped in place.
+                Some(running) if running.created_version == stored.created_version => {
                     match compile(&stored) {
                         Ok(compiled) => {
                             let from = running.state.version();
@@ -283,7 +302,7 @@ impl PipelineManager {
                         self.stop_pipeline(
                             &name,
                             running,
-                            "restarted: its topics or sink changed",
+                            "restarted: deleted and created again under its name",
                             false,
                         );
                     }
@@ -342,8 +361,12 @@ impl PipelineManager {
         let metrics = self.metrics.clone();
         actix::spawn(async move {
             futures::future::join_all(running.groups.into_iter().map(ConsumerGroup::stop)).await;
-            // Gone once nothing of it runs any more.
-            if gone {
+            // Gone once nothing of it runs any more, unless a pipeline
+            // created again under its name started meanwhile and shows its
+            // own version (higher: versions count on). This runs on the
+            // manager's thread, between two of its messages.
+            let shown = || metrics.pipeline_version.with_label_values(&[&name]).get();
+            if gone && shown() <= i64::from(version) {
                 let _ = metrics.pipeline_version.remove_label_values(&[&name]);
                 let _ = metrics.pipeline_lag_records.remove_label_values(&[&name]);
             }
@@ -463,7 +486,7 @@ impl Actor for PipelineManager {
                 .iter_mut()
                 .filter_map(|(name, r)| {
                     if r.lag.is_none() {
-                        match GroupLag::new(settings, &group_id(name)) {
+                        match GroupLag::new(settings, &r.group) {
                             Ok(lag) => r.lag = Some(Arc::new(lag)),
                             Err(error) => tracing::debug!(pipeline = name, %error, "cannot measure the pipeline's lag"),
                         }

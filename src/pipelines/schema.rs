@@ -18,6 +18,7 @@ diesel::table! {
         definition -> Jsonb,
         deleted -> Bool,
         updated_at -> Timestamptz,
+        created_version -> Int4,
     }
 }
 

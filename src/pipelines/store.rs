@@ -75,6 +75,10 @@ pub struct Stored {
     pub version: i32,
     /// When that version was applied.
     pub applied_at: DateTime<Utc>,
+    /// The version it was created at, or created again at after a
+    /// deletion: a pipeline applied again under a deleted one's name is a
+    /// new pipeline, with a consumer group of its own.
+    pub created_version: i32,
     /// The definition.
     pub definition: Definition,
 }
@@ -177,6 +181,7 @@ struct Current {
     definition: serde_json::Value,
     deleted: bool,
     updated_at: DateTime<Utc>,
+    created_version: i32,
 }
 
 /// Stores `definitions` (validated, see [`Definition::validate`]) in one
@@ -220,12 +225,17 @@ pub async fn apply(
                         Action::Updated
                     };
                     let version = current.version + 1;
+                    let created_version = match action {
+                        Action::Created => version,
+                        _ => current.created_version,
+                    };
                     diesel::update(pipelines::table.find(&definition.name))
                         .set((
                             pipelines::version.eq(version),
                             pipelines::definition.eq(&json),
                             pipelines::deleted.eq(false),
                             pipelines::updated_at.eq(diesel::dsl::now),
+                            pipelines::created_version.eq(created_version),
                         ))
                         .execute(conn)
                         .await?;
@@ -271,21 +281,23 @@ pub async fn delete(conn: &mut AsyncPgConnection, name: &str) -> Result<i32, Sto
 
 /// Every current (not deleted) pipeline, by name.
 pub async fn list(conn: &mut AsyncPgConnection) -> Result<Vec<Stored>, DbError> {
-    let rows: Vec<(i32, serde_json::Value, DateTime<Utc>)> = pipelines::table
+    let rows: Vec<(i32, serde_json::Value, DateTime<Utc>, i32)> = pipelines::table
         .filter(pipelines::deleted.eq(false))
         .order(pipelines::name)
         .select((
             pipelines::version,
             pipelines::definition,
             pipelines::updated_at,
+            pipelines::created_version,
         ))
         .load(conn)
         .await?;
     rows.into_iter()
-        .map(|(version, definition, applied_at)| {
+        .map(|(version, definition, applied_at, created_version)| {
             Ok(Stored {
                 version,
                 applied_at,
+                created_version,
                 definition: decode(definition)?,
             })
         })
@@ -298,6 +310,7 @@ pub async fn get(conn: &mut AsyncPgConnection, name: &str) -> Result<Option<Stor
         Some(c) if !c.deleted => Ok(Some(Stored {
             version: c.version,
             applied_at: c.updated_at,
+            created_version: c.created_version,
             definition: decode(c.definition)?,
         })),
         _ => Ok(None),
@@ -377,6 +390,7 @@ async fn current(conn: &mut AsyncPgConnection, name: &str) -> Result<Option<Curr
             pipelines::definition,
             pipelines::deleted,
             pipelines::updated_at,
+            pipelines::created_version,
         ))
         .first::<Current>(conn)
         .await

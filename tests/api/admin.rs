@@ -590,7 +590,7 @@ async fn get_shows_a_pipeline_running_failing_and_running_again_with_records_and
     let metrics = app.metrics();
     let series = |group: &str| [group.to_owned(), topic.clone(), blocked.to_string()];
     let (pipeline_group, view_group) = (
-        chronolog::engine::pipeline_manager::group_id(&name),
+        chronolog::engine::pipeline_manager::group_id(&name, 1),
         app.settings.kafka_group_id.clone(),
     );
     let after = accepted["offset"].as_i64().unwrap() + 1;
@@ -774,5 +774,50 @@ async fn a_pipeline_whose_table_cannot_take_its_rows_waits_failing_until_the_tab
     listed.sort();
     assert_eq!(listed, expected);
     assert!(app.metrics().render().contains(&version_gauge(&names[0])));
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_change_of_start_alone_is_taken_in_place_without_restarting_the_consumers() {
+    let app = TestApp::spawn_with(admin_settings().await, &[]).await;
+    let (http, base) = (&app.http, app.query_url());
+    let url = format!("{base}/admin/pipelines/{}", unique("admin"));
+    let mut body = definition(&app.settings.kafka_topic, &table(), &[]);
+    assert_eq!(
+        call(http, "PUT", &url, Some(TOKEN), Some(&body)).await.0,
+        201
+    );
+    for _ in 0..6 {
+        app.accept(None).await;
+    }
+    let shown = || async { call(http, "GET", &url, Some(TOKEN), None).await.2 };
+    let before = eventually("every record through the pipeline", || async {
+        let view = shown().await;
+        (view["records"]["out"] == 6).then_some(view)
+    })
+    .await;
+    let committed = |view: &Value| {
+        view["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["partition"].clone(), p["committed"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(committed(&before).len(), 3);
+
+    // Where a new group starts means nothing to this one's: version 2 runs
+    // on the same consumers, which keep their partitions and positions (a
+    // restarted consumer shows none until its first batch).
+    body["start"] = json!("latest");
+    let (status, _, changed) = call(http, "PUT", &url, Some(TOKEN), Some(&body)).await;
+    assert_eq!((status, &changed["version"]), (200, &json!(2)), "{changed}");
+    let after = eventually("version 2 running", || async {
+        let view = shown().await;
+        (view["running_version"] == 2).then_some(view)
+    })
+    .await;
+    assert_eq!(committed(&after), committed(&before));
+    assert_eq!(after["records"], before["records"]);
     app.stop().await;
 }

@@ -2,7 +2,7 @@
 //! fields, a PostgreSQL table, a topic and a file as sinks, a change of
 //! filters under load, dead letters for failing filters, deletion.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -287,7 +287,7 @@ async fn a_failing_filter_dead_letters_its_record_and_the_pipeline_goes_on() {
 }
 
 #[actix_rt::test]
-async fn a_deleted_pipeline_stops_writing_and_keeps_its_table() {
+async fn a_deleted_pipeline_stops_writing_keeps_its_table_and_its_name_starts_afresh() {
     let app = TestApp::spawn().await;
     let (pipeline, table) = (name(), table());
     apply(
@@ -299,7 +299,7 @@ async fn a_deleted_pipeline_stops_writing_and_keeps_its_table() {
         }),
     )
     .await;
-    app.accept(None).await;
+    let first = app.accept(None).await;
     eventually("the first record written", || async {
         (rows(&app, &table).await.len() == 1).then_some(())
     })
@@ -316,6 +316,36 @@ async fn a_deleted_pipeline_stops_writing_and_keeps_its_table() {
     app.wait_visible(after).await;
     let kept = rows(&app, &table).await;
     assert_eq!(kept.len(), 1, "nothing written after the delete: {kept:?}");
+
+    // Applied again under its name, it is a new pipeline (version 3, after
+    // the deletion's 2): it starts where it says, the earliest record, not
+    // where the deleted one stopped.
+    let again = self::table();
+    let version = apply(
+        &app,
+        json!({
+            "name": pipeline,
+            "topics": [app.settings.kafka_topic],
+            "sink": {"type": "postgres", "table": again},
+        }),
+    )
+    .await;
+    assert_eq!(version, 3);
+    let written = eventually("both records in the new table", || async {
+        let written = contents(&app, &again).await;
+        (written.len() == 2).then_some(written)
+    })
+    .await;
+    let ids: BTreeSet<String> = written
+        .iter()
+        .map(|(_, doc, ..)| doc["command_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, BTreeSet::from([first.to_string(), after.to_string()]));
+    assert_eq!(
+        rows(&app, &table).await.len(),
+        1,
+        "the old table is left alone"
+    );
     app.stop().await;
 }
 
@@ -1363,7 +1393,7 @@ async fn a_batch_whose_commit_fails_is_counted_out_once_when_it_is_written() {
     assert_eq!(response.status().as_u16(), 202);
     let partition = response.json::<Value>().await.unwrap()["partition"].to_string();
     let metrics = app.metrics();
-    let group = chronolog::engine::pipeline_manager::group_id(&named);
+    let group = chronolog::engine::pipeline_manager::group_id(&named, 1);
     let blocked = || {
         metrics
             .partition_blocked

@@ -297,6 +297,25 @@ async fn delete_removes_from_the_list_and_keeps_the_history() {
         ok("recent: created v4\ncopy: unchanged v1\n")
     );
     assert_eq!(history(&db, "recent")[3].1, "created");
+    // Created again at v4, it is a new pipeline with a consumer group of its
+    // own; one never deleted keeps the version it was created at through
+    // its updates.
+    let mut conn = connect(&db).await;
+    for (name, version, created_version) in [("recent", 4, 4), ("copy", 1, 1)] {
+        let stored = store::get(&mut conn, name).await.unwrap().unwrap();
+        assert_eq!(
+            (stored.version, stored.created_version),
+            (version, created_version),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        chronolog::engine::pipeline_manager::group_id("recent", 4),
+        "chronolog-pipeline-recent.4"
+    );
+    apply(&db, &recent_v2());
+    let stored = store::get(&mut conn, "recent").await.unwrap().unwrap();
+    assert_eq!((stored.version, stored.created_version), (5, 4));
 }
 
 async fn connect(db: &str) -> AsyncPgConnection {
