@@ -189,7 +189,8 @@ pub struct Settings {
     #[arg(long, env = "OUTBOX_TOPIC_PREFIX", value_name = "OUTBOX_TOPIC_PREFIX", default_value = "", value_parser = topic_prefix)]
     pub outbox_topic_prefix: String,
 
-    /// Connections in each PostgreSQL pool (writer and query side have one each).
+    /// Connections in each PostgreSQL pool (the writer, the query side and
+    /// each pipeline into PostgreSQL have one each).
     #[arg(long, env = "DATABASE_POOL_SIZE", value_name = "DATABASE_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_pool_size: u32,
 

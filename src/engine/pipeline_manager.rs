@@ -107,6 +107,7 @@ pub enum PipelineStatus {
 /// Runs the stored pipelines.
 pub struct PipelineManager {
     settings: Settings,
+    /// The manager's own: it reads the definitions and prepares tables.
     pool: Pool,
     producer: Addr<KafkaProducer>,
     metrics: Arc<Metrics>,
@@ -126,8 +127,11 @@ pub struct PipelineManager {
 }
 
 impl PipelineManager {
-    /// A manager reading definitions from `pool` (`DATABASE_URL`), where
-    /// the pipelines' tables are written too.
+    /// A manager reading definitions from `pool` (`DATABASE_URL`). Each
+    /// pipeline into PostgreSQL writes through a pool of its own
+    /// (`DATABASE_POOL_SIZE` connections, opened as needed): a table
+    /// locked for a while holds up its own pipeline's writes, not the
+    /// others' or the reading of a change.
     pub fn new(
         settings: Settings,
         pool: Pool,
@@ -169,18 +173,28 @@ impl PipelineManager {
             },
             _ => None,
         };
+        // One pool per pipeline into PostgreSQL, whatever its topics.
+        let mut pool = None;
         let mut groups = Vec::new();
         for topic in &definition.topics {
             let started = match &definition.sink {
-                SinkDefinition::Postgres { table, .. } => self.join(
-                    &group,
-                    topic,
-                    &membership,
-                    Arc::new(PgSink::new(
-                        self.pool.clone(),
-                        PipelineTable::new(state.clone(), table),
-                    )),
-                ),
+                SinkDefinition::Postgres { table, .. } => {
+                    let pool = pool.get_or_insert_with(|| {
+                        crate::db::pool(
+                            &self.settings.database_url,
+                            self.settings.database_pool_size,
+                        )
+                    });
+                    self.join(
+                        &group,
+                        topic,
+                        &membership,
+                        Arc::new(PgSink::new(
+                            pool.clone(),
+                            PipelineTable::new(state.clone(), table),
+                        )),
+                    )
+                }
                 SinkDefinition::Kafka { topic: out, .. } => {
                     match crate::kafka::producer_config(&self.settings).create() {
                         Ok(producer) => self.join(

@@ -1496,3 +1496,76 @@ async fn an_output_the_topic_refuses_is_dead_lettered_and_counted_failed_not_out
     .await;
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_locked_table_holds_up_only_its_own_pipeline() {
+    // Two connections per pool: the locked pipeline's partitions would hold
+    // every connection of a pool it shared with the other pipeline.
+    let mut settings = crate::helpers::settings(&crate::helpers::create_database().await);
+    settings.database_pool_size = 2;
+    let app = TestApp::spawn_with(settings, &[]).await;
+    let (locked, free, free_name) = (table(), table(), name());
+    let definition = |name: &str, table: &str, filters: &[&str]| {
+        json!({
+            "name": name,
+            "topics": [app.settings.kafka_topic],
+            "filters": filters,
+            "sink": {"type": "postgres", "table": table, "key": ".command_id"},
+        })
+    };
+    apply(&app, definition(&name(), &locked, &[])).await;
+    apply(&app, definition(&free_name, &free, &[])).await;
+    let mut expected = BTreeSet::from([app.accept(None).await.to_string()]);
+    eventually("the first record in both tables", || async {
+        (rows(&app, &locked).await.len() == 1 && rows(&app, &free).await.len() == 1).then_some(())
+    })
+    .await;
+
+    let mut locker = AsyncPgConnection::establish(app.settings.database_url.expose())
+        .await
+        .unwrap();
+    for sql in [
+        "BEGIN",
+        &format!("LOCK TABLE \"{locked}\" IN ACCESS EXCLUSIVE MODE"),
+    ] {
+        diesel::sql_query(sql).execute(&mut locker).await.unwrap();
+    }
+    for _ in 0..30 {
+        expected.insert(app.accept(None).await.to_string());
+    }
+    let keys = |written: Vec<Row>| written.into_iter().map(|r| r.key).collect::<BTreeSet<_>>();
+    eventually(
+        "every record in the free table, the other locked",
+        || async { (keys(rows(&app, &free).await) == expected).then_some(()) },
+    )
+    .await;
+    // A change is read and taken meanwhile.
+    apply(&app, definition(&free_name, &free, &[".v = 2"])).await;
+    let version = app
+        .metrics()
+        .pipeline_version
+        .with_label_values(&[&free_name]);
+    eventually("version 2 running", || async {
+        (version.get() == 2).then_some(())
+    })
+    .await;
+    let changed = app.accept(None).await.to_string();
+    eventually("a record through the new version", || async {
+        let written = contents(&app, &free).await;
+        let row = written.iter().find(|(key, ..)| *key == changed)?;
+        (row.1["v"] == 2 && row.3 == 2).then_some(())
+    })
+    .await;
+    expected.insert(changed);
+
+    // Unlocked, the held-up pipeline writes every record.
+    diesel::sql_query("COMMIT")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    eventually("every record in the unlocked table", || async {
+        (keys(rows(&app, &locked).await) == expected).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
