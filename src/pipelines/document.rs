@@ -169,7 +169,7 @@ const NUMERIC_MAX_MAGNITUDE: i64 = 131_072;
 /// scale is 14 bits).
 const NUMERIC_MAX_SCALE: i64 = 16_383;
 /// An exponent PostgreSQL refuses before looking at the digits.
-const NUMERIC_MAX_EXPONENT: i64 = (i32::MAX / 2) as i64;
+const NUMERIC_MAX_EXPONENT: u64 = (i32::MAX / 2) as u64;
 
 /// Whether PostgreSQL's `numeric` input takes the JSON number `text`, as
 /// PostgreSQL 15 reads one (a test checks the edges against a real server): its exponent within ±`i32::MAX / 2`, its
@@ -185,7 +185,8 @@ fn fits_numeric(text: &str) -> bool {
         },
         None => (unsigned, 0),
     };
-    if exponent.abs() >= NUMERIC_MAX_EXPONENT {
+    // `unsigned_abs`: `i64::MIN` is a valid exponent here, and has no `abs`.
+    if exponent.unsigned_abs() >= NUMERIC_MAX_EXPONENT {
         return false;
     }
     let (integer, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
@@ -421,6 +422,11 @@ mod tests {
             (
                 r#"{"a": {"b": [2, 1e200000]}, "c": 1e999999}"#.to_owned(),
                 Some("1e+200000".to_owned()),
+            ),
+            // The one exponent `i64` holds that has no `abs`.
+            (
+                r#"{"n": 1e-9223372036854775808}"#.to_owned(),
+                Some("1e-9223372036854775808".to_owned()),
             ),
             (
                 format!(r#"{{"long": 1{zeros}e131030}}"#),
