@@ -274,6 +274,7 @@ impl<S: Sink> Handler<Drain> for PartitionConsumer<S> {
             .metrics
             .stored_offset_ahead
             .with_label_values(&status::labels(&self.key));
+        let offsets = self.deps.metrics.committed_offset.clone();
         let drain = async move {
             if let Some(worker) = worker {
                 // Fails only when the worker already ended, which is fine.
@@ -287,6 +288,9 @@ impl<S: Sink> Handler<Drain> for PartitionConsumer<S> {
             status.set_blocked(&key, false);
             status.set_problem(&key, None);
             gauge.set(0);
+            // Its owner shows its committed offset now; a series left here
+            // would be a stale line, for good once its group is gone.
+            let _ = offsets.remove_label_values(&status::labels(&key));
             let next = committed.load(Ordering::Acquire);
             Ok::<_, std::convert::Infallible>(PartitionDrained {
                 next_offset: Some(next).filter(|&o| o >= 0),

@@ -7,15 +7,17 @@
 //! snapshot and brings the running pipelines in line:
 //!
 //! * a new pipeline starts: its table is created when absent, and one
-//!   consumer group member per topic (group `chronolog-pipeline-<name>`)
-//!   joins, at the beginning of the log or, for `start = "latest"`, at its
-//!   end;
+//!   consumer group member per topic (group [`group_id`]) joins, at the
+//!   beginning of the log or, for `start = "latest"`, at its end;
 //! * a new version of a running pipeline takes effect from the next record
 //!   each partition reads ([`PipelineState::update`]): nothing stops, the
 //!   group keeps its position, and each record is processed by exactly one
 //!   version;
 //! * a deleted pipeline stops: its partitions drain (the batches in flight
-//!   are written and acknowledged), its sink is kept.
+//!   are written and acknowledged), its sink is kept. A pipeline created
+//!   again under its name is a new one, with a group of its own; it starts
+//!   once the deleted one's consumers in this process have stopped, so
+//!   that the two never write the same sink at once.
 //!
 //! A pipeline that cannot start (its table is there but cannot take its
 //! rows, its file cannot be opened, ...) is reported by the admin API with
@@ -27,7 +29,8 @@
 //! Every process that runs the consumer role does the same, so a change
 //! stored by any process reaches all of them within [`POLL`] and a batch.
 //! Changing a pipeline's topics or sink is refused when it is applied; should
-//! a definition change them all the same, the pipeline is restarted.
+//! a definition change them all the same (the tables edited by hand), the
+//! pipeline is restarted as if created again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -122,6 +125,8 @@ pub struct PipelineManager {
     running: HashMap<String, Running>,
     /// The pipelines that could not start, and why.
     not_started: HashMap<String, String>,
+    /// Pipelines whose consumers are stopping: one of the same name waits.
+    stopping: std::collections::HashSet<String>,
     /// When to read the definitions again for them, changed or not.
     retry_at: Option<Instant>,
 }
@@ -149,6 +154,7 @@ impl PipelineManager {
             dead_letter_topics: std::collections::HashSet::new(),
             running: HashMap::new(),
             not_started: HashMap::new(),
+            stopping: std::collections::HashSet::new(),
             retry_at: None,
         }
     }
@@ -264,7 +270,12 @@ impl PipelineManager {
 
     /// Brings the running pipelines in line with `current`; `tables` says
     /// why a pipeline's table cannot take its rows.
-    fn reconcile(&mut self, current: Vec<Stored>, tables: &HashMap<String, String>) {
+    fn reconcile(
+        &mut self,
+        current: Vec<Stored>,
+        tables: &HashMap<String, String>,
+        ctx: &mut Context<Self>,
+    ) {
         let before = std::mem::take(&mut self.not_started);
         let wanted: HashMap<String, Stored> = current
             .into_iter()
@@ -278,7 +289,7 @@ impl PipelineManager {
             .collect();
         for name in gone {
             if let Some(running) = self.running.remove(&name) {
-                self.stop_pipeline(&name, running, "deleted", true);
+                self.stop_pipeline(&name, running, "deleted", ctx);
             }
         }
         for (name, stored) in wanted {
@@ -287,7 +298,11 @@ impl PipelineManager {
                 // A new version of the same pipeline (its topics and sink
                 // cannot change; its start only matters to a new group):
                 // the filters are swapped in place.
-                Some(running) if running.created_version == stored.created_version => {
+                Some(running)
+                    if running.created_version == stored.created_version
+                        && running.definition.topics == stored.definition.topics
+                        && running.definition.sink == stored.definition.sink =>
+                {
                     match compile(&stored) {
                         Ok(compiled) => {
                             let from = running.state.version();
@@ -311,17 +326,14 @@ impl PipelineManager {
                         running.definition = stored.definition.clone();
                     }
                 }
+                // Created again under its name: started once the old one
+                // has stopped (below, at the check that follows the stop).
                 Some(_) => {
                     if let Some(running) = self.running.remove(&name) {
-                        self.stop_pipeline(
-                            &name,
-                            running,
-                            "restarted: deleted and created again under its name",
-                            false,
-                        );
+                        self.stop_pipeline(&name, running, "created again under its name", ctx);
                     }
-                    self.start(stored, tables, &before);
                 }
+                None if self.stopping.contains(&name) => {}
                 None => self.start(stored, tables, &before),
             }
         }
@@ -367,25 +379,37 @@ impl PipelineManager {
         }
     }
 
-    /// Stops `running`; `gone` (a deletion) also removes its gauges once
-    /// nothing of it runs.
-    fn stop_pipeline(&self, name: &str, running: Running, why: &'static str, gone: bool) {
+    /// Stops `running`. Until its consumers have stopped, no pipeline of
+    /// the same name starts here; then the definitions are read again, and
+    /// its gauges go unless one of that name runs by then.
+    fn stop_pipeline(
+        &mut self,
+        name: &str,
+        running: Running,
+        why: &'static str,
+        ctx: &mut Context<Self>,
+    ) {
         let name = name.to_owned();
         let version = running.state.version();
-        let metrics = self.metrics.clone();
-        actix::spawn(async move {
+        self.stopping.insert(name.clone());
+        // Spawned on its own, so that it drains to the end even if the
+        // manager stops first; the manager hears of its end.
+        let stop = actix::spawn(async move {
             futures::future::join_all(running.groups.into_iter().map(ConsumerGroup::stop)).await;
-            // Gone once nothing of it runs any more, unless a pipeline
-            // created again under its name started meanwhile and shows its
-            // own version (higher: versions count on). This runs on the
-            // manager's thread, between two of its messages.
-            let shown = || metrics.pipeline_version.with_label_values(&[&name]).get();
-            if gone && shown() <= i64::from(version) {
-                let _ = metrics.pipeline_version.remove_label_values(&[&name]);
-                let _ = metrics.pipeline_lag_records.remove_label_values(&[&name]);
+        });
+        ctx.spawn(stop.into_actor(self).map(move |_, act, _ctx| {
+            act.stopping.remove(&name);
+            if !act.running.contains_key(&name) {
+                let _ = act.metrics.pipeline_version.remove_label_values(&[&name]);
+                let _ = act
+                    .metrics
+                    .pipeline_lag_records
+                    .remove_label_values(&[&name]);
             }
             tracing::info!(pipeline = name, version, why, "pipeline stopped");
-        });
+            // One created again under its name waits for this.
+            act.retry_at = Some(Instant::now());
+        }));
     }
 
     /// Reads what changed (everything when `seen` is `None`); prepares the
@@ -474,12 +498,12 @@ impl Actor for PipelineManager {
             // Pipelines that could not start are tried again, changed or not.
             let retry = act.retry_at.is_some_and(|at| at <= Instant::now());
             let check = Self::check(act.pool.clone(), (!retry).then_some(act.seen));
-            ctx.spawn(check.into_actor(act).map(|result, act, _ctx| {
+            ctx.spawn(check.into_actor(act).map(|result, act, ctx| {
                 act.checking = false;
                 match result {
                     Ok(Some(checked)) => {
                         act.seen = checked.change;
-                        act.reconcile(checked.pipelines, &checked.tables);
+                        act.reconcile(checked.pipelines, &checked.tables, ctx);
                         act.ensure_dead_letter_topics();
                     }
                     Ok(None) => {}

@@ -50,8 +50,8 @@ pub const RESERVED_TABLES: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Definition {
-    /// The pipeline's name: 1 to 63 of `a-z`, `0-9` and `-`. Its consumer
-    /// group is `chronolog-pipeline-<name>`.
+    /// The pipeline's name: 1 to 63 of `a-z`, `0-9` and `-`. It names the
+    /// pipeline's consumer group (see `engine::pipeline_manager::group_id`).
     pub name: String,
     /// The topics it reads (at least one).
     pub topics: Vec<String>,

@@ -646,9 +646,21 @@ async fn get_shows_a_pipeline_running_failing_and_running_again_with_records_and
     })
     .await;
 
-    // Deleted, it stops in this process: gone from reads.
+    // Deleted, it stops in this process: gone from reads, and once its
+    // consumers have stopped, its group's committed offsets are no series.
+    let series = format!("chronolog_committed_offset{{group=\"{pipeline_group}\"");
+    assert!(app.metrics().render().contains(&series));
     assert_eq!(call(http, "DELETE", &url, Some(TOKEN), None).await.0, 204);
     assert_eq!(call(http, "GET", &url, Some(TOKEN), None).await.0, 404);
+    eventually("the deleted pipeline's committed offsets gone", || async {
+        let shown = app.metrics().render();
+        (!shown.contains(&series)
+            && shown.contains(&format!(
+                "chronolog_committed_offset{{group=\"{view_group}\""
+            )))
+        .then_some(())
+    })
+    .await;
     app.stop().await;
 }
 

@@ -346,6 +346,35 @@ async fn a_deleted_pipeline_stops_writing_keeps_its_table_and_its_name_starts_af
         1,
         "the old table is left alone"
     );
+
+    // Deleted and applied again at once (one check may see both): the new
+    // one, version 5, starts once the old one has stopped, from the start.
+    delete(&app, &pipeline).await;
+    let third = self::table();
+    let version = apply(
+        &app,
+        json!({
+            "name": pipeline,
+            "topics": [app.settings.kafka_topic],
+            "sink": {"type": "postgres", "table": third},
+        }),
+    )
+    .await;
+    assert_eq!(version, 5);
+    eventually("both records in the third table", || async {
+        let written = contents(&app, &third).await;
+        let ids: BTreeSet<String> = written
+            .iter()
+            .map(|(_, doc, ..)| doc["command_id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        (ids == BTreeSet::from([first.to_string(), after.to_string()])).then_some(())
+    })
+    .await;
+    let gauge = app
+        .metrics()
+        .pipeline_version
+        .with_label_values(&[&pipeline]);
+    assert_eq!(gauge.get(), 5);
     app.stop().await;
 }
 
@@ -1330,6 +1359,9 @@ async fn a_number_is_refused_exactly_where_postgresql_refuses_it() {
         "0e1073741822".to_owned(),
         "0e1073741823".to_owned(),
         "0E+99999999999999999999".to_owned(),
+        "1e-9223372036854775808".to_owned(),
+        "0e-9223372036854775807".to_owned(),
+        "1e9223372036854775807".to_owned(),
     ];
     for number in numbers {
         let text = format!(r#"{{"n": {number}}}"#);
