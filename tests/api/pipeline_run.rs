@@ -74,6 +74,16 @@ fn name() -> String {
     unique("pipe")
 }
 
+/// A pipeline `name` on `topic` into `table`, with `filters` and, when
+/// given, the table's key path.
+fn into_table(topic: &str, name: &str, table: &str, key: Option<&str>, filters: &[&str]) -> Value {
+    let mut sink = json!({"type": "postgres", "table": table});
+    if let Some(key) = key {
+        sink["key"] = json!(key);
+    }
+    json!({"name": name, "topics": [topic], "filters": filters, "sink": sink})
+}
+
 /// A topic beside the app's command topic, created: `<topic>.<suffix>`.
 async fn second_topic(app: &TestApp, suffix: &str) -> String {
     let topic = format!("{}.{suffix}", app.settings.kafka_topic);
@@ -170,12 +180,13 @@ async fn a_filter_change_under_load_splits_each_partition_at_one_point_and_loses
     let app = TestApp::spawn().await;
     let (pipeline, table) = (name(), table());
     let definition = |filter: &str| {
-        json!({
-            "name": pipeline,
-            "topics": [app.settings.kafka_topic],
-            "filters": [filter],
-            "sink": {"type": "postgres", "table": table, "key": ".command_id"},
-        })
+        into_table(
+            &app.settings.kafka_topic,
+            &pipeline,
+            &table,
+            Some(".command_id"),
+            &[filter],
+        )
     };
     assert_eq!(apply(&app, definition(".v = 1")).await, 1);
     // Wait for the first version to run before the load starts.
@@ -292,11 +303,7 @@ async fn a_deleted_pipeline_stops_writing_keeps_its_table_and_its_name_starts_af
     let (pipeline, table) = (name(), table());
     apply(
         &app,
-        json!({
-            "name": pipeline,
-            "topics": [app.settings.kafka_topic],
-            "sink": {"type": "postgres", "table": table},
-        }),
+        into_table(&app.settings.kafka_topic, &pipeline, &table, None, &[]),
     )
     .await;
     let first = app.accept(None).await;
@@ -323,11 +330,7 @@ async fn a_deleted_pipeline_stops_writing_keeps_its_table_and_its_name_starts_af
     let again = self::table();
     let version = apply(
         &app,
-        json!({
-            "name": pipeline,
-            "topics": [app.settings.kafka_topic],
-            "sink": {"type": "postgres", "table": again},
-        }),
+        into_table(&app.settings.kafka_topic, &pipeline, &again, None, &[]),
     )
     .await;
     assert_eq!(version, 3);
@@ -353,11 +356,7 @@ async fn a_deleted_pipeline_stops_writing_keeps_its_table_and_its_name_starts_af
     let third = self::table();
     let version = apply(
         &app,
-        json!({
-            "name": pipeline,
-            "topics": [app.settings.kafka_topic],
-            "sink": {"type": "postgres", "table": third},
-        }),
+        into_table(&app.settings.kafka_topic, &pipeline, &third, None, &[]),
     )
     .await;
     assert_eq!(version, 5);
@@ -422,12 +421,13 @@ async fn a_replay_into_a_new_table_equals_the_live_pipeline_and_a_new_definition
     ];
     apply(
         &app,
-        json!({
-            "name": pipeline,
-            "topics": [app.settings.kafka_topic],
-            "filters": filters,
-            "sink": {"type": "postgres", "table": live, "key": ".command_id"},
-        }),
+        into_table(
+            &app.settings.kafka_topic,
+            &pipeline,
+            &live,
+            Some(".command_id"),
+            &filters,
+        ),
     )
     .await;
     let stamps = [
@@ -785,12 +785,13 @@ async fn two_consumer_processes_split_a_pipeline_and_both_take_a_change_and_refu
         .collect();
     let (pipeline, table) = (name(), table());
     let definition = |filter: &str| {
-        json!({
-            "name": pipeline,
-            "topics": [settings.kafka_topic],
-            "filters": [filter],
-            "sink": {"type": "postgres", "table": table, "key": ".command_id"},
-        })
+        into_table(
+            &settings.kafka_topic,
+            &pipeline,
+            &table,
+            Some(".command_id"),
+            &[filter],
+        )
     };
     let http = reqwest::Client::new();
     let version = format!("chronolog_pipeline_version{{pipeline=\"{pipeline}\"}}");
@@ -931,15 +932,7 @@ async fn a_later_record_with_a_key_already_in_the_table_replaces_its_row() {
     let app = TestApp::spawn().await;
     let topic = second_topic(&app, "keyed").await;
     let table = table();
-    apply(
-        &app,
-        json!({
-            "name": name(),
-            "topics": [topic],
-            "sink": {"type": "postgres", "table": table, "key": ".k"},
-        }),
-    )
-    .await;
+    apply(&app, into_table(&topic, &name(), &table, Some(".k"), &[])).await;
     let mut written: BTreeMap<&str, (i64, i32, i64)> = BTreeMap::new();
     let produce = async |partition: i32, k: &'static str, n: i64| {
         let value = json!({"k": k, "n": n}).to_string();
@@ -1391,11 +1384,13 @@ async fn a_batch_whose_commit_fails_is_counted_out_once_when_it_is_written() {
     let (table, named) = (table(), name());
     apply(
         &app,
-        json!({
-            "name": named,
-            "topics": [app.settings.kafka_topic],
-            "sink": {"type": "postgres", "table": table, "key": ".command_id"},
-        }),
+        into_table(
+            &app.settings.kafka_topic,
+            &named,
+            &table,
+            Some(".command_id"),
+            &[],
+        ),
     )
     .await;
     app.accept(None).await;
@@ -1538,12 +1533,13 @@ async fn a_locked_table_holds_up_only_its_own_pipeline() {
     let app = TestApp::spawn_with(settings, &[]).await;
     let (locked, free, free_name) = (table(), table(), name());
     let definition = |name: &str, table: &str, filters: &[&str]| {
-        json!({
-            "name": name,
-            "topics": [app.settings.kafka_topic],
-            "filters": filters,
-            "sink": {"type": "postgres", "table": table, "key": ".command_id"},
-        })
+        into_table(
+            &app.settings.kafka_topic,
+            name,
+            table,
+            Some(".command_id"),
+            filters,
+        )
     };
     apply(&app, definition(&name(), &locked, &[])).await;
     apply(&app, definition(&free_name, &free, &[])).await;
