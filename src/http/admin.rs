@@ -265,7 +265,8 @@ pub struct Records {
     pub out: u64,
     /// Dropped by a filter (`abort`).
     pub dropped: u64,
-    /// Dead-lettered: not JSON, or a filter failed.
+    /// Dead-lettered: empty or not JSON, a filter failed, or the sink
+    /// refused the output.
     pub failed: u64,
 }
 
