@@ -80,9 +80,8 @@ pub fn replay_group_id(name: &str, suffix: &str) -> String {
 /// A pipeline running in this process.
 struct Running {
     definition: Definition,
-    /// Its consumer group (see [`group_id`]).
-    group: String,
-    /// The version it was created at (see [`Stored::created_version`]).
+    /// The version it was created at (see [`Stored::created_version`]),
+    /// which with its name gives its group ([`group_id`]).
     created_version: i32,
     state: Arc<PipelineState>,
     groups: Vec<ConsumerGroup>,
@@ -133,8 +132,8 @@ pub struct PipelineManager {
 
 impl PipelineManager {
     /// A manager reading definitions from `pool` (`DATABASE_URL`). Each
-    /// pipeline into PostgreSQL writes through a pool of its own
-    /// (`DATABASE_POOL_SIZE` connections, opened as needed): a table
+    /// pipeline into PostgreSQL writes through a pool of its own (up to
+    /// `DATABASE_POOL_SIZE` connections, one kept open): a table
     /// locked for a while holds up its own pipeline's writes, not the
     /// others' or the reading of a change.
     pub fn new(
@@ -164,7 +163,7 @@ impl PipelineManager {
         let definition = &stored.definition;
         let name = definition.name.as_str();
         let group = group_id(name, stored.created_version);
-        let compiled = compile(stored).map_err(|e| e.to_string())?;
+        let compiled = Compiled::new(stored.version, definition).map_err(|e| e.to_string())?;
         let state = PipelineState::new(name, compiled, self.metrics.clone());
         let membership = match definition.start {
             Start::Earliest => Membership::Subscribe,
@@ -241,7 +240,6 @@ impl PipelineManager {
         tracing::info!(pipeline = name, version = stored.version, topics = ?definition.topics, sink = store::describe_sink(&definition.sink), "pipeline started");
         Ok(Running {
             definition: definition.clone(),
-            group,
             created_version: stored.created_version,
             state,
             groups,
@@ -303,7 +301,7 @@ impl PipelineManager {
                         && running.definition.topics == stored.definition.topics
                         && running.definition.sink == stored.definition.sink =>
                 {
-                    match compile(&stored) {
+                    match Compiled::new(stored.version, &stored.definition) {
                         Ok(compiled) => {
                             let from = running.state.version();
                             running.state.update(compiled);
@@ -481,11 +479,6 @@ impl PipelineManager {
     }
 }
 
-/// Compiles a stored version.
-fn compile(stored: &Stored) -> Result<Compiled, crate::pipelines::CompileError> {
-    Compiled::new(stored.version, &stored.definition)
-}
-
 impl Actor for PipelineManager {
     type Context = Context<Self>;
 
@@ -524,7 +517,7 @@ impl Actor for PipelineManager {
                 .iter_mut()
                 .filter_map(|(name, r)| {
                     if r.lag.is_none() {
-                        match GroupLag::new(settings, &r.group) {
+                        match GroupLag::new(settings, &group_id(name, r.created_version)) {
                             Ok(lag) => r.lag = Some(Arc::new(lag)),
                             Err(error) => tracing::debug!(pipeline = name, %error, "cannot measure the pipeline's lag"),
                         }

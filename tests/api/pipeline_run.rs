@@ -84,6 +84,17 @@ fn into_table(topic: &str, name: &str, table: &str, key: Option<&str>, filters: 
     json!({"name": name, "topics": [topic], "filters": filters, "sink": sink})
 }
 
+/// Pipeline `name`'s records in `app`, by outcome: in, out, dropped, failed.
+fn record_counts(app: &TestApp, name: &str) -> [u64; 4] {
+    let metrics = app.metrics();
+    ["in", "out", "dropped", "failed"].map(|outcome| {
+        metrics
+            .pipeline_records
+            .with_label_values(&[name, outcome])
+            .get()
+    })
+}
+
 /// A topic beside the app's command topic, created: `<topic>.<suffix>`.
 async fn second_topic(app: &TestApp, suffix: &str) -> String {
     let topic = format!("{}.{suffix}", app.settings.kafka_topic);
@@ -1299,11 +1310,7 @@ async fn a_number_postgresql_cannot_hold_is_dead_lettered_from_a_table_and_kept_
              (below 10^131072, at most 16383 decimals): 1e+200000"
         )
     );
-    let failed = app
-        .metrics()
-        .pipeline_records
-        .with_label_values(&[named.as_str(), "failed"])
-        .get();
+    let [.., failed] = record_counts(&app, &named);
     assert_eq!(failed, 1);
 
     // A file holds any JSON number: every record is there, as written.
@@ -1439,14 +1446,7 @@ async fn a_batch_whose_commit_fails_is_counted_out_once_when_it_is_written() {
         (rows(&app, &table).await.len() == 2 && blocked() == 0).then_some(())
     })
     .await;
-    let count = |outcome: &str| {
-        metrics
-            .pipeline_records
-            .with_label_values(&[named.as_str(), outcome])
-            .get()
-    };
-    let counts: Vec<u64> = ["in", "out", "dropped", "failed"].map(count).into();
-    assert_eq!(counts, [2, 2, 0, 0]);
+    assert_eq!(record_counts(&app, &named), [2, 2, 0, 0]);
     app.stop().await;
 }
 
@@ -1509,16 +1509,8 @@ async fn an_output_the_topic_refuses_is_dead_lettered_and_counted_failed_not_out
         })
         .collect();
     assert_eq!(ids, [json!(passed)]);
-    let metrics = app.metrics();
-    let count = |outcome: &str| {
-        metrics
-            .pipeline_records
-            .with_label_values(&[named.as_str(), outcome])
-            .get()
-    };
     eventually("the counts", || async {
-        let counts: Vec<u64> = ["in", "out", "dropped", "failed"].map(count).into();
-        (counts == [2, 1, 0, 1]).then_some(())
+        (record_counts(&app, &named) == [2, 1, 0, 1]).then_some(())
     })
     .await;
     app.stop().await;
