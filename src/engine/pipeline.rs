@@ -66,6 +66,9 @@ pub struct Compiled {
     /// Whether the outputs go to a PostgreSQL table, whose `jsonb` holds a
     /// number only within the range of PostgreSQL's `numeric`.
     pub to_postgres: bool,
+    /// Whether the outputs go to a Kafka topic, which carries each source
+    /// record's key and headers on: only then are they kept with the output.
+    pub to_kafka: bool,
 }
 
 impl Compiled {
@@ -76,6 +79,7 @@ impl Compiled {
             filters: definition.compile_filters()?,
             key: definition.key_path(),
             to_postgres: matches!(definition.sink, SinkDefinition::Postgres { .. }),
+            to_kafka: matches!(definition.sink, SinkDefinition::Kafka { .. }),
         })
     }
 }
@@ -272,14 +276,19 @@ impl PipelineState {
                 "the key at the sink's key path is longer than {MAX_KEY_BYTES} bytes"
             )));
         }
+        let (record_key, headers) = if compiled.to_kafka {
+            (message.key().map(<[u8]>::to_vec), headers.readable.clone())
+        } else {
+            (None, Vec::new())
+        };
         Ok(Processed {
             version: compiled.version,
             source,
             output: Some(Output {
                 doc: doc.to_json(),
                 key,
-                record_key: message.key().map(<[u8]>::to_vec),
-                headers: headers.readable.clone(),
+                record_key,
+                headers,
             }),
         })
     }
@@ -321,9 +330,10 @@ pub struct Output {
     pub doc: String,
     /// The key at the definition's key path, if it names one.
     pub key: Option<String>,
-    /// The source record's key.
+    /// The source record's key, kept for a Kafka sink only (`None` for
+    /// the others, which do not write it).
     pub record_key: Option<Vec<u8>>,
-    /// The source record's headers.
+    /// The source record's headers, kept for a Kafka sink only.
     pub headers: Vec<(String, Vec<u8>)>,
 }
 

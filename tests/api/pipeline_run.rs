@@ -718,7 +718,10 @@ async fn file_and_kafka_sinks_hold_every_record_after_consumers_are_killed_mid_s
 #[actix_rt::test]
 async fn a_kafka_sink_keys_and_labels_every_output_record() {
     let app = TestApp::spawn().await;
-    let out = second_topic(&app, "out").await;
+    let (out, unkeyed) = (
+        second_topic(&app, "out").await,
+        second_topic(&app, "unkeyed").await,
+    );
     let pipeline = name();
     apply(
         &app,
@@ -727,6 +730,18 @@ async fn a_kafka_sink_keys_and_labels_every_output_record() {
             "topics": [app.settings.kafka_topic],
             "filters": [".kind = \"copy\""],
             "sink": {"type": "kafka", "topic": out, "key": ".command_id"},
+        }),
+    )
+    .await;
+    // Without a key path an output keeps its source record's key: the
+    // command's id, which the ingestion keys every record by.
+    apply(
+        &app,
+        json!({
+            "name": name(),
+            "topics": [app.settings.kafka_topic],
+            "filters": ["del(.command_id)"],
+            "sink": {"type": "kafka", "topic": unkeyed},
         }),
     )
     .await;
@@ -762,6 +777,20 @@ async fn a_kafka_sink_keys_and_labels_every_output_record() {
         seen.insert(key);
     }
     assert_eq!(seen, ids);
+    let records = eventually("every unkeyed output record", || async {
+        let records = read_topic(&unkeyed).await;
+        (records.len() >= ids.len()).then_some(records)
+    })
+    .await;
+    let keys: HashSet<String> = records
+        .iter()
+        .map(|record| {
+            let value: Value = serde_json::from_slice(record.payload().unwrap()).unwrap();
+            assert!(value.get("command_id").is_none(), "{value}");
+            String::from_utf8(record.key().unwrap().to_vec()).unwrap()
+        })
+        .collect();
+    assert_eq!(keys, ids, "each output keeps its source record's key");
     app.stop().await;
 }
 
@@ -1172,6 +1201,7 @@ async fn a_key_twice_in_one_batch_is_written_once_with_its_last_record() {
         filters: chronolog::pipelines::Filters::compile::<&str>(&[]).unwrap(),
         key: None,
         to_postgres: true,
+        to_kafka: false,
     };
     let state = PipelineState::new(&name(), compiled, chronolog::metrics::Metrics::new());
     let sink = PipelineTable::new(state, &table);
