@@ -207,7 +207,9 @@ pub async fn apply_view_event(
     }
     // PostgreSQL's text and jsonb cannot hold NUL: refused here, before a
     // statement fails on it (which would look like the database failing).
-    if event.data.to_string().contains("\\u0000") {
+    // The characters themselves are looked at: a backslash followed by
+    // `u0000` is text like any other.
+    if crate::db::holds_nul(&event.data) {
         return Err(ApplyError::Inconsistent(
             "the data holds a NUL character, which PostgreSQL cannot store".into(),
         ));

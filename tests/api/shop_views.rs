@@ -880,6 +880,18 @@ async fn stale_duplicate_unknown_and_bad_events() {
                    "stockStatus": true})
         )
     );
+
+    // What JSON writes for a NUL, spelt out in the text itself (a backslash,
+    // then `u0000`), is no NUL: the event is applied.
+    let mut spelt = created.clone();
+    spelt.aggregate_version = 4;
+    spelt.data["name"] = json!("Kettle \\u0000");
+    assert_eq!(
+        views.apply_one(topic, &spelt).await.unwrap(),
+        ViewApplied::Applied
+    );
+    let (status, product) = views.get(&format!("/api/v1/products/{kettle}")).await;
+    assert_eq!((status, &product["name"]), (200, &json!("Kettle \\u0000")));
     views.stop().await;
 }
 
