@@ -160,6 +160,22 @@ pub enum ContextError {
         /// What is left.
         available: i64,
     },
+    /// Deleting an order would give a product back more than its stock
+    /// has room for.
+    #[error(
+        "giving back {returned} of product {product_id} ({product_name}) would put its stock of {stock} past {max}",
+        max = crate::shop::MAX_STOCK
+    )]
+    StockLimit {
+        /// The product.
+        product_id: uuid::Uuid,
+        /// Its name.
+        product_name: String,
+        /// Its stock now.
+        stock: i64,
+        /// What the order would give back.
+        returned: i64,
+    },
     /// The database failed; a lost connection is a 503, anything else a bug.
     #[error("{0}")]
     Database(#[from] crate::db::DbError),
@@ -174,6 +190,7 @@ impl ContextError {
             ContextError::NotFound { .. } => "not_found",
             ContextError::Unknown { code, .. } => code,
             ContextError::InsufficientStock { .. } => "insufficient_stock",
+            ContextError::StockLimit { .. } => "stock_limit",
             ContextError::Database(e) if e.is_connection_lost() => "unavailable",
             ContextError::Database(_) => "internal",
         }
@@ -186,7 +203,9 @@ impl ResponseError for ContextError {
             ContextError::Invalid(_) | ContextError::InvalidId(_) => StatusCode::BAD_REQUEST,
             ContextError::NotFound { .. } => StatusCode::NOT_FOUND,
             ContextError::Unknown { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ContextError::InsufficientStock { .. } => StatusCode::CONFLICT,
+            ContextError::InsufficientStock { .. } | ContextError::StockLimit { .. } => {
+                StatusCode::CONFLICT
+            }
             ContextError::Database(e) if e.is_connection_lost() => StatusCode::SERVICE_UNAVAILABLE,
             ContextError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -210,6 +229,17 @@ impl ResponseError for ContextError {
                 body["productName"] = product_name.clone().into();
                 body["requested"] = (*requested).into();
                 body["available"] = (*available).into();
+            }
+            ContextError::StockLimit {
+                product_id,
+                product_name,
+                stock,
+                returned,
+            } => {
+                body["productId"] = product_id.to_string().into();
+                body["productName"] = product_name.clone().into();
+                body["requested"] = (*returned).into();
+                body["available"] = (crate::shop::MAX_STOCK - stock).into();
             }
             ContextError::Database(error) => {
                 if error.is_connection_lost() {

@@ -27,7 +27,8 @@ pub struct ErrorSchema {
 }
 
 /// The JSON error of the accounts and shop routes: the common shape plus
-/// the request field at fault and, for `insufficient_stock`, the product.
+/// the request field at fault and, for `insufficient_stock` and
+/// `stock_limit`, the product.
 #[derive(utoipa::ToSchema)]
 #[schema(as = ContextError)]
 #[allow(dead_code)] // Describes the body `ContextError` writes; never built.
@@ -38,15 +39,17 @@ pub struct ContextErrorSchema {
     message: String,
     /// The request field at fault, as a path (`items[1].quantity`).
     field: Option<String>,
-    /// `insufficient_stock`: the product.
+    /// `insufficient_stock`, `stock_limit`: the product.
     #[serde(rename = "productId")]
     product_id: Option<uuid::Uuid>,
-    /// `insufficient_stock`: its name.
+    /// `insufficient_stock`, `stock_limit`: its name.
     #[serde(rename = "productName")]
     product_name: Option<String>,
-    /// `insufficient_stock`: how many were asked.
+    /// `insufficient_stock`: how many were asked; `stock_limit`: how many
+    /// the order would give back.
     requested: Option<i64>,
-    /// `insufficient_stock`: how many are left.
+    /// `insufficient_stock`: how many are left; `stock_limit`: how many more
+    /// the stock can take.
     available: Option<i64>,
 }
 

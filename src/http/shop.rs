@@ -71,6 +71,17 @@ impl From<ShopError> for ContextError {
                 requested: requested.into(),
                 available: available.into(),
             },
+            ShopError::StockLimit {
+                product_id,
+                product_name,
+                stock,
+                returned,
+            } => ContextError::StockLimit {
+                product_id,
+                product_name,
+                stock: stock.into(),
+                returned: returned.into(),
+            },
             ShopError::NotFound { what, id } => ContextError::NotFound {
                 what,
                 id: id.to_string(),
@@ -184,6 +195,7 @@ pub(crate) async fn place_order(
         (status = 204, description = "Deleted; the stock is back"),
         (status = 400, description = "Not a UUID", body = super::openapi::ContextErrorSchema),
         (status = 404, description = "No such order", body = super::openapi::ContextErrorSchema),
+        (status = 409, description = "stock_limit: a product's stock has no room for the items; nothing changes", body = super::openapi::ContextErrorSchema),
     ))]
 pub(crate) async fn delete_order(
     id: web::Path<String>,

@@ -365,6 +365,21 @@ pub enum ShopError {
         /// What is left.
         available: i32,
     },
+    /// Giving an order's items back would put a product's stock past
+    /// [`MAX_STOCK`].
+    #[error(
+        "giving back {returned} of product {product_id} ({product_name}) would put its stock of {stock} past {MAX_STOCK}"
+    )]
+    StockLimit {
+        /// The product.
+        product_id: Uuid,
+        /// Its name.
+        product_name: String,
+        /// Its stock now.
+        stock: i32,
+        /// What the order would give back.
+        returned: i32,
+    },
     /// No such product or order.
     #[error("no {what} with id {id}")]
     NotFound {

@@ -19,8 +19,8 @@ use crate::domain::CorrelationId;
 use crate::outbox::{self, Aggregate, Envelope};
 use crate::shop::schema::shop::{customer_addresses, customers, order_items, orders, products};
 use crate::shop::{
-    Address, AddressType, CustomerName, CustomerState, Money, NewOrder, NewProduct, Order,
-    OrderItem, Product, ProductChange, ShopError, shipping_address,
+    Address, AddressType, CustomerName, CustomerState, MAX_STOCK, Money, NewOrder, NewProduct,
+    Order, OrderItem, Product, ProductChange, ShopError, shipping_address,
 };
 
 /// The customer copy's row as an order reads it: deleted, then the name.
@@ -426,6 +426,16 @@ pub async fn delete_order(
                     // Deleted since: nothing to give back to.
                     continue;
                 };
+                // The stock was raised since the order took its items: the
+                // limit holds (and `integer` cannot overflow), the order stays.
+                if i64::from(product.stock) + i64::from(quantity) > MAX_STOCK {
+                    return Err(ShopError::StockLimit {
+                        product_id: *id,
+                        product_name: product.name.clone(),
+                        stock: product.stock,
+                        returned: quantity,
+                    });
+                }
                 diesel::update(products::table.find(id))
                     .set((
                         products::stock.eq(products::stock + quantity),

@@ -443,6 +443,80 @@ async fn orders_naming_shared_products_in_opposite_orders_do_not_deadlock() {
     app.stop().await;
 }
 
+/// Deleting an order gives its items back only while each stock has room
+/// for them: past the limit the delete is refused and nothing changes.
+#[actix_rt::test]
+async fn deleting_an_order_past_the_stock_limit_is_refused_and_changes_nothing() {
+    let app = shop_app().await;
+    let db = app.settings.database_url.expose().to_owned();
+    apply(
+        &app,
+        &customer_event(
+            4,
+            1,
+            "CustomerCreated",
+            json!([address("SHIPPING", "Home")]),
+        ),
+    )
+    .await;
+    let other = product(&app, "Other", json!(1), 10).await;
+    let full = product(&app, "Full", json!(1), 1_000_000).await;
+    let placed = order(&app, 4, &[(&other, 2), (&full, 400_000)]).await;
+    assert_eq!(placed.status, 201, "{:?}", placed.body);
+    let path = format!(
+        "/api/v1/orders/{}",
+        placed.body["orderId"].as_str().unwrap()
+    );
+    let restock = |stock: i64| {
+        let (app, full) = (&app, &full);
+        async move {
+            let answer = crate::accounts::call(
+                app,
+                "PUT",
+                &format!("/api/v1/products/{full}"),
+                Some(crate::accounts::Body::Json(json!({ "stock": stock }))),
+            )
+            .await;
+            assert_eq!(answer.status, 200, "{:?}", answer.body);
+        }
+    };
+    // Restocked to near the limit since the order was placed.
+    restock(999_800_000).await;
+    let events = count(&db, "SELECT count(*) AS n FROM outbox.events").await;
+
+    let refused = delete(&app, &path).await;
+    assert_eq!(
+        (refused.status, refused.body),
+        (
+            409,
+            json!({"error": "stock_limit",
+                   "message": format!("giving back 400000 of product {full} (Full) would put \
+                                       its stock of 999800000 past 1000000000"),
+                   "productId": full, "productName": "Full",
+                   "requested": 400_000, "available": 200_000})
+        )
+    );
+    assert_eq!(
+        (stock(&app, &other).await, stock(&app, &full).await),
+        (8, 999_800_000),
+        "neither product got anything back"
+    );
+    assert_eq!(count(&db, "SELECT count(*) AS n FROM shop.orders").await, 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) AS n FROM outbox.events").await,
+        events
+    );
+
+    // With room again, the same delete goes through.
+    restock(999_600_000).await;
+    assert_eq!(delete(&app, &path).await.status, 204);
+    assert_eq!(
+        (stock(&app, &other).await, stock(&app, &full).await),
+        (10, 1_000_000_000)
+    );
+    app.stop().await;
+}
+
 #[actix_rt::test]
 async fn an_order_refused_for_one_item_writes_nothing() {
     let app = shop_app().await;
@@ -476,15 +550,41 @@ async fn an_order_refused_for_one_item_writes_nothing() {
         ),
         (422, &json!("unknown_product"), &json!("items[1].productId"))
     );
+    // Two of the dearest product cost more than an order's total can be.
+    let dearest = product(&app, "Dearest", json!("9999999999.99"), 5).await;
+    let too_dear = order(&app, 3, &[(&plenty, 1), (&dearest, 2)]).await;
     assert_eq!(
-        (stock(&app, &plenty).await, stock(&app, &scarce).await),
-        (100, 2)
+        (too_dear.status, too_dear.body),
+        (
+            400,
+            json!({"error": "invalid_field", "field": "items",
+                   "message": "items: the order's total exceeds 9999999999.99"})
+        )
+    );
+    // A customer with no address has nowhere to ship to.
+    apply(&app, &customer_event(6, 1, "CustomerCreated", json!([]))).await;
+    let homeless = order(&app, 6, &[(&plenty, 1)]).await;
+    assert_eq!(
+        (homeless.status, homeless.body),
+        (
+            422,
+            json!({"error": "no_shipping_address", "field": "customerId",
+                   "message": "customer 6 has no SHIPPING or BILLING address to ship to"})
+        )
+    );
+    assert_eq!(
+        (
+            stock(&app, &plenty).await,
+            stock(&app, &scarce).await,
+            stock(&app, &dearest).await
+        ),
+        (100, 2, 5)
     );
     assert_eq!(count(&db, "SELECT count(*) AS n FROM shop.orders").await, 0);
-    // Two ProductCreated events, nothing else.
+    // Three ProductCreated events, nothing else.
     assert_eq!(
         count(&db, "SELECT count(*) AS n FROM outbox.events").await,
-        2
+        3
     );
     app.stop().await;
 }
