@@ -460,7 +460,9 @@ async fn apply_order(conn: &mut AsyncPgConnection, event: &Envelope) -> Result<b
     Ok(written > 0)
 }
 
-// ---- Queries: each one snapshot (a read-only, repeatable-read transaction).
+// ---- Queries: each one snapshot. A query of one statement has one as any
+// statement does; the two that read twice open a read-only, repeatable-read
+// transaction.
 
 async fn begin_snapshot(conn: &mut AsyncPgConnection) -> QueryResult<()> {
     diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
