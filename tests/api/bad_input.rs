@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::accounts::{count, john, shop_app};
+use crate::accounts::{count, john};
 use crate::helpers::TestApp;
-use crate::shop::{address, apply, customer_event, product};
+use crate::shop::{product, shop_with_customer};
 
 /// What a request sends as its body.
 enum Sent {
@@ -111,19 +111,9 @@ async fn send(app: &TestApp, case: &Case) -> (u16, Option<String>, Value) {
 
 #[actix_rt::test]
 async fn every_route_refuses_bad_input_naming_the_field_and_writes_nothing() {
-    let app = shop_app().await;
+    let app = shop_with_customer(5).await;
     let db = app.settings.database_url.expose().to_owned();
     // Something real for the requests to aim at.
-    apply(
-        &app,
-        &customer_event(
-            5,
-            1,
-            "CustomerCreated",
-            json!([address("SHIPPING", "Home")]),
-        ),
-    )
-    .await;
     let kettle = product(&app, "Kettle", json!("19.99"), 5).await;
     let kettle_path = format!("/api/v1/products/{kettle}");
     let item = |quantity: Value| json!({"customerId": 5, "items": [{"productId": kettle, "quantity": quantity}]});

@@ -51,6 +51,23 @@ pub async fn apply(app: &TestApp, event: &Envelope) -> Applied {
     .unwrap()
 }
 
+/// The shop's command side with customer `id` in its copy, shipping to
+/// their home.
+pub async fn shop_with_customer(id: i64) -> TestApp {
+    let app = shop_app().await;
+    apply(
+        &app,
+        &customer_event(
+            id,
+            1,
+            "CustomerCreated",
+            json!([address("SHIPPING", "Home")]),
+        ),
+    )
+    .await;
+    app
+}
+
 /// Creates a product; answers its id.
 pub async fn product(app: &TestApp, name: &str, price: Value, stock: i64) -> String {
     let created = post(
@@ -372,18 +389,8 @@ async fn an_order_locks_prices_decrements_stock_and_ships_where_the_copy_says() 
 
 #[actix_rt::test]
 async fn fifty_orders_race_for_the_last_ten_items_and_exactly_ten_win() {
-    let app = shop_app().await;
+    let app = shop_with_customer(1).await;
     let db = app.settings.database_url.expose().to_owned();
-    apply(
-        &app,
-        &customer_event(
-            1,
-            1,
-            "CustomerCreated",
-            json!([address("SHIPPING", "Home")]),
-        ),
-    )
-    .await;
     let last = product(&app, "Last ten", json!("9.99"), 10).await;
     let items = [(last.as_str(), 1)];
     let answers = futures::future::join_all((0..50).map(|_| order(&app, 1, &items))).await;
@@ -415,17 +422,7 @@ async fn fifty_orders_race_for_the_last_ten_items_and_exactly_ten_win() {
 
 #[actix_rt::test]
 async fn orders_naming_shared_products_in_opposite_orders_do_not_deadlock() {
-    let app = shop_app().await;
-    apply(
-        &app,
-        &customer_event(
-            2,
-            1,
-            "CustomerCreated",
-            json!([address("SHIPPING", "Home")]),
-        ),
-    )
-    .await;
+    let app = shop_with_customer(2).await;
     let a = product(&app, "A", json!(1), 1000).await;
     let b = product(&app, "B", json!(2), 1000).await;
     let answers = futures::future::join_all((0..40).map(|i| {
@@ -447,18 +444,8 @@ async fn orders_naming_shared_products_in_opposite_orders_do_not_deadlock() {
 /// for them: past the limit the delete is refused and nothing changes.
 #[actix_rt::test]
 async fn deleting_an_order_past_the_stock_limit_is_refused_and_changes_nothing() {
-    let app = shop_app().await;
+    let app = shop_with_customer(4).await;
     let db = app.settings.database_url.expose().to_owned();
-    apply(
-        &app,
-        &customer_event(
-            4,
-            1,
-            "CustomerCreated",
-            json!([address("SHIPPING", "Home")]),
-        ),
-    )
-    .await;
     let full = product(&app, "Full", json!(1), 1_000_000).await;
     // The delete gives stock back in product id order: with the other
     // product first, its stock is given back before the refusal and must
@@ -525,18 +512,8 @@ async fn deleting_an_order_past_the_stock_limit_is_refused_and_changes_nothing()
 
 #[actix_rt::test]
 async fn an_order_refused_for_one_item_writes_nothing() {
-    let app = shop_app().await;
+    let app = shop_with_customer(3).await;
     let db = app.settings.database_url.expose().to_owned();
-    apply(
-        &app,
-        &customer_event(
-            3,
-            1,
-            "CustomerCreated",
-            json!([address("SHIPPING", "Home")]),
-        ),
-    )
-    .await;
     let plenty = product(&app, "Plenty", json!(1), 100).await;
     let scarce = product(&app, "Scarce", json!(1), 2).await;
     let refused = order(&app, 3, &[(&plenty, 5), (&scarce, 3)]).await;
