@@ -837,6 +837,18 @@ async fn stale_duplicate_unknown_and_bad_events() {
             bad(created.clone(), &|e| e.data["name"] = json!("Ket\u{0}tle")),
             "NUL",
         ),
+        (
+            topic,
+            bad(created.clone(), &|e| e.data["na\u{0}me"] = json!("Kettle")),
+            "NUL",
+        ),
+        (
+            order_topic,
+            bad(placed.clone(), &|e| {
+                e.data["items"][0]["productName"] = json!("Ket\u{0}tle")
+            }),
+            "NUL",
+        ),
     ];
     for (topic, event, message) in cases {
         let error = views.apply_one(topic, &event).await.unwrap_err();
