@@ -69,10 +69,27 @@ fn uuid_field(field: &str, raw: &str) -> Result<Uuid, ContextError> {
 }
 
 /// `limit` and `after` of `/orders/list`; any other parameter is refused.
+/// The pairs of a query string.
+fn query_pairs(query: &str) -> Result<Vec<(String, String)>, FieldError> {
+    web::Query::<Vec<(String, String)>>::from_query(query)
+        .map(web::Query::into_inner)
+        .map_err(|_| FieldError::new("query", "is not a valid query string"))
+}
+
+/// Refuses any parameter: the route takes none, and one it ignored could
+/// be a client's mistake (`?limit=` on a route that does not page).
+fn no_parameters(query: &str) -> Result<(), FieldError> {
+    match query_pairs(query)?.into_iter().next() {
+        None => Ok(()),
+        Some((name, _)) => Err(FieldError::new(
+            shorten(&name),
+            "is not a parameter of this route (it takes none)",
+        )),
+    }
+}
+
 fn list_parameters(query: &str) -> Result<(i64, Option<Cursor>), FieldError> {
-    let pairs = web::Query::<Vec<(String, String)>>::from_query(query)
-        .map_err(|_| FieldError::new("query", "is not a valid query string"))?
-        .into_inner();
+    let pairs = query_pairs(query)?;
     let (mut limit, mut after) = (None, None);
     for (name, value) in pairs {
         let slot = match name.as_str() {
@@ -143,14 +160,16 @@ pub(crate) async fn list_orders(
     params(("customerId" = i64, Path, description = "The customer id, a positive integer")),
     responses(
         (status = 200, description = "The customer's name and shipping address, and their orders", body = CustomerOrders),
-        (status = 400, description = "Not a positive integer", body = super::openapi::ContextErrorSchema),
+        (status = 400, description = "Not a positive integer, or a query parameter (names it)", body = super::openapi::ContextErrorSchema),
         (status = 404, description = "The views know neither the customer nor an order of theirs", body = super::openapi::ContextErrorSchema),
         (status = 503, description = "The view's database is unavailable", body = super::openapi::ContextErrorSchema),
     ))]
 pub(crate) async fn customer_orders(
+    req: HttpRequest,
     id: web::Path<String>,
     pool: web::Data<Pool>,
 ) -> Result<HttpResponse, ContextError> {
+    no_parameters(req.query_string())?;
     let customer_id = id.parse::<i64>().ok().filter(|&n| n > 0).ok_or_else(|| {
         FieldError::new(
             "customerId",
@@ -173,14 +192,16 @@ pub(crate) async fn customer_orders(
     params(("orderId" = uuid::Uuid, Path, description = "The order id")),
     responses(
         (status = 200, description = "The order with its items, the customer's name and the address it ships to", body = OrderDocument),
-        (status = 400, description = "Not a UUID", body = super::openapi::ContextErrorSchema),
+        (status = 400, description = "Not a UUID, or a query parameter (names it)", body = super::openapi::ContextErrorSchema),
         (status = 404, description = "No such order (or it was deleted)", body = super::openapi::ContextErrorSchema),
         (status = 503, description = "The view's database is unavailable", body = super::openapi::ContextErrorSchema),
     ))]
 pub(crate) async fn get_order(
+    req: HttpRequest,
     id: web::Path<String>,
     pool: web::Data<Pool>,
 ) -> Result<HttpResponse, ContextError> {
+    no_parameters(req.query_string())?;
     let id = uuid_field("orderId", &id)?;
     let mut conn = pool.get().await.map_err(DbError::from)?;
     let order = views::find_order(&mut conn, id)
@@ -198,14 +219,16 @@ pub(crate) async fn get_order(
     params(("id" = uuid::Uuid, Path, description = "The product id")),
     responses(
         (status = 200, description = "The product", body = crate::shop::Product),
-        (status = 400, description = "Not a UUID", body = super::openapi::ContextErrorSchema),
+        (status = 400, description = "Not a UUID, or a query parameter (names it)", body = super::openapi::ContextErrorSchema),
         (status = 404, description = "No such product (or it was deleted)", body = super::openapi::ContextErrorSchema),
         (status = 503, description = "The view's database is unavailable", body = super::openapi::ContextErrorSchema),
     ))]
 pub(crate) async fn get_product(
+    req: HttpRequest,
     id: web::Path<String>,
     pool: web::Data<Pool>,
 ) -> Result<HttpResponse, ContextError> {
+    no_parameters(req.query_string())?;
     let id = uuid_field("id", &id)?;
     let mut conn = pool.get().await.map_err(DbError::from)?;
     let product = views::find_product(&mut conn, id)
@@ -224,14 +247,16 @@ pub(crate) async fn get_product(
     params(("id" = uuid::Uuid, Path, description = "The product id")),
     responses(
         (status = 200, description = "Its sales (`[]` for none), each with the stock left after it", body = Vec<Sale>),
-        (status = 400, description = "Not a UUID", body = super::openapi::ContextErrorSchema),
+        (status = 400, description = "Not a UUID, or a query parameter (names it)", body = super::openapi::ContextErrorSchema),
         (status = 404, description = "No such product (or it was deleted)", body = super::openapi::ContextErrorSchema),
         (status = 503, description = "The view's database is unavailable", body = super::openapi::ContextErrorSchema),
     ))]
 pub(crate) async fn product_sales(
+    req: HttpRequest,
     id: web::Path<String>,
     pool: web::Data<Pool>,
 ) -> Result<HttpResponse, ContextError> {
+    no_parameters(req.query_string())?;
     let id = uuid_field("id", &id)?;
     let mut conn = pool.get().await.map_err(DbError::from)?;
     let sales = views::product_sales(&mut conn, id)
@@ -252,6 +277,21 @@ mod tests {
         list_parameters(query)
             .map(|_| "ok".to_owned())
             .unwrap_or_else(|e| e.field)
+    }
+
+    #[test]
+    fn routes_without_parameters_name_the_first_one_given() {
+        assert_eq!(no_parameters(""), Ok(()));
+        for (query, field) in [("limit=1", "limit"), ("x", "x"), ("a=1&b=2", "a")] {
+            let error = no_parameters(query).unwrap_err();
+            assert_eq!(
+                (error.field.as_str(), error.message.as_str()),
+                (field, "is not a parameter of this route (it takes none)")
+            );
+        }
+        let long = "p".repeat(300);
+        let error = no_parameters(&format!("{long}=1")).unwrap_err();
+        assert_eq!(error.field, format!("{}…", "p".repeat(64)));
     }
 
     #[test]

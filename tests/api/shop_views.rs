@@ -405,6 +405,24 @@ async fn every_route_answers_from_the_views_exactly() {
             "{path}: {body}"
         );
     }
+    // The routes that take no parameter refuse one rather than ignore it.
+    for (path, field) in [
+        (format!("/api/v1/products/{absent}?limit=1"), "limit"),
+        (format!("/api/v1/products/{absent}/sales?limit=1"), "limit"),
+        (format!("/api/v1/orders/{absent}?foo=bar"), "foo"),
+        ("/orders/order/999?x=1".to_owned(), "x"),
+    ] {
+        let (status, body) = views.get(&path).await;
+        assert_eq!(
+            (status, body),
+            (
+                400,
+                json!({"error": "invalid_field", "field": field,
+                       "message": format!("{field}: is not a parameter of this route (it takes none)")})
+            ),
+            "{path}"
+        );
+    }
 
     // Deleting the first order takes it out of every view and gives its
     // stock back; deleting a product makes it unknown.
