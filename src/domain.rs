@@ -5,6 +5,8 @@ use std::fmt;
 use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use uuid::Uuid;
 
+use crate::echo::shorten;
+
 /// The one command chronolog knows: record that an event happened at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimestampCommand {
@@ -51,16 +53,6 @@ pub enum TimestampError {
     },
 }
 
-/// Longest input echoed back in an error message.
-const ECHO_LIMIT: usize = 64;
-
-fn echo(input: &str) -> String {
-    match input.char_indices().nth(ECHO_LIMIT) {
-        Some((cut, _)) => format!("{}…", &input[..cut]),
-        None => input.to_owned(),
-    }
-}
-
 /// Parses an RFC 3339 timestamp (`Z` or a numeric offset, optional fraction)
 /// into the UTC instant it names, truncated to microseconds.
 ///
@@ -69,16 +61,20 @@ fn echo(input: &str) -> String {
 /// conversion to UTC) are refused.
 pub fn parse_event_timestamp(input: &str) -> Result<DateTime<Utc>, TimestampError> {
     let parsed = DateTime::parse_from_rfc3339(input).map_err(|e| TimestampError::NotRfc3339 {
-        input: echo(input),
+        input: shorten(input),
         reason: e.to_string(),
     })?;
     // chrono represents a leap second as a nanosecond field of 1e9 or more.
     if parsed.nanosecond() >= 1_000_000_000 {
-        return Err(TimestampError::LeapSecond { input: echo(input) });
+        return Err(TimestampError::LeapSecond {
+            input: shorten(input),
+        });
     }
     let utc = parsed.with_timezone(&Utc);
     if !(1..=9999).contains(&utc.year()) {
-        return Err(TimestampError::OutOfRange { input: echo(input) });
+        return Err(TimestampError::OutOfRange {
+            input: shorten(input),
+        });
     }
     Ok(truncate_to_micros(utc))
 }

@@ -223,18 +223,10 @@ impl<'a> Object<'a> {
         match self.map.keys().find(|k| !known.contains(&k.as_str())) {
             None => Ok(()),
             Some(unknown) => Err(FieldError::new(
-                self.path(&shorten(unknown)),
+                self.path(&crate::echo::shorten(unknown)),
                 format!("is not a known field (known: {})", known.join(", ")),
             )),
         }
-    }
-}
-
-/// At most 64 characters of a client's key, for a message.
-fn shorten(text: &str) -> String {
-    match text.char_indices().nth(64) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
     }
 }
 

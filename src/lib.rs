@@ -21,6 +21,7 @@ pub mod actors;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod echo;
 pub mod engine;
 pub mod http;
 pub mod input;

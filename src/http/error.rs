@@ -5,16 +5,13 @@
 //! dependency is 503; a 500 means a bug and is logged where it is made. A
 //! message echoes at most [`ECHO_LIMIT`] characters of anything the client sent.
 
-use std::fmt;
-
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::web::Bytes;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-/// Most characters of a client's value that a message or a log field repeats.
-pub const ECHO_LIMIT: usize = 64;
+pub use crate::echo::{ECHO_LIMIT, Echo, shorten};
 
 /// An error answered to an HTTP client.
 #[derive(Debug, thiserror::Error)]
@@ -255,40 +252,9 @@ impl ResponseError for ContextError {
     }
 }
 
-/// Shortens client-supplied text before it is echoed in a message.
-pub fn shorten(s: &str) -> String {
-    Echo(s).to_string()
-}
-
-/// Client-supplied text as a message or a log field may show it: at most
-/// [`ECHO_LIMIT`] characters, then `…`. Formatting it allocates nothing.
-#[derive(Debug, Clone, Copy)]
-pub struct Echo<'a>(pub &'a str);
-
-impl fmt::Display for Echo<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.char_indices().nth(ECHO_LIMIT) {
-            Some((cut, _)) => {
-                f.write_str(&self.0[..cut])?;
-                f.write_str("…")
-            }
-            None => f.write_str(self.0),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn echo_keeps_at_most_the_limit_in_characters() {
-        assert_eq!(shorten("short"), "short");
-        let exact = "é".repeat(ECHO_LIMIT);
-        assert_eq!(shorten(&exact), exact);
-        let long = "é".repeat(ECHO_LIMIT + 1);
-        assert_eq!(shorten(&long), format!("{exact}…"));
-    }
 
     #[test]
     fn the_body_is_the_json_error_shape() {

@@ -140,16 +140,16 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<TimestampComma
     let value = value
         .filter(|v| !v.is_empty())
         .ok_or(DecodeError::EmptyValue)?;
-    let wire: WireIn =
-        serde_json::from_slice(value).map_err(|e| DecodeError::NotJson(cut(&e.to_string())))?;
+    let wire: WireIn = serde_json::from_slice(value)
+        .map_err(|e| DecodeError::NotJson(crate::echo::cut(&e.to_string())))?;
     let raw_id = wire
         .command_id
         .ok_or(DecodeError::MissingField("command_id"))?;
     let raw_ts = wire
         .event_timestamp
         .ok_or(DecodeError::MissingField("event_timestamp"))?;
-    let command_id =
-        Uuid::parse_str(&raw_id).map_err(|_| DecodeError::InvalidId(shorten(&raw_id)))?;
+    let command_id = Uuid::parse_str(&raw_id)
+        .map_err(|_| DecodeError::InvalidId(crate::echo::shorten(&raw_id)))?;
     let event_timestamp: DateTime<Utc> = parse_event_timestamp(&raw_ts)?;
     if let Some(key) = key {
         let named = std::str::from_utf8(key)
@@ -164,19 +164,6 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<TimestampComma
         command_id,
         event_timestamp,
     })
-}
-
-fn shorten(s: &str) -> String {
-    s.chars().take(64).collect()
-}
-
-/// A parser's message, which may quote the whole value (serde_json quotes a
-/// string it did not expect): at most 256 characters of it.
-fn cut(message: &str) -> String {
-    match message.char_indices().nth(256) {
-        Some((at, _)) => format!("{}…", &message[..at]),
-        None => message.to_owned(),
-    }
 }
 
 /// A record's headers, read as bytes.
