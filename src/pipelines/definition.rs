@@ -25,6 +25,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::echo::{Echo, cut, shorten};
 use crate::pipelines::filter::{CompileError, Filters};
 
 /// Longest pipeline name (a PostgreSQL identifier's limit, so the name can
@@ -141,7 +142,7 @@ pub enum DefinitionError {
     #[error("the file defines no pipeline: add a [[pipeline]] table")]
     Empty,
     /// A name that is not 1 to 63 of `a-z`, `0-9` and `-`.
-    #[error("pipeline name {0:?}: use 1 to 63 characters of a-z, 0-9 and -")]
+    #[error("pipeline name {:?}: use 1 to 63 characters of a-z, 0-9 and -", shorten(.0))]
     Name(String),
     /// One name twice in one file.
     #[error("pipeline {0} is defined twice")]
@@ -151,7 +152,8 @@ pub enum DefinitionError {
     NoTopics(String),
     /// A topic name Kafka refuses.
     #[error(
-        "pipeline {pipeline}: topic {topic:?}: use 1 to 249 characters of a-z, A-Z, 0-9, ., _ and -"
+        "pipeline {pipeline}: topic {:?}: use 1 to 249 characters of a-z, A-Z, 0-9, ., _ and -",
+        shorten(.topic)
     )]
     Topic {
         /// The pipeline.
@@ -160,7 +162,7 @@ pub enum DefinitionError {
         topic: String,
     },
     /// One topic twice.
-    #[error("pipeline {pipeline}: topic {topic} is listed twice")]
+    #[error("pipeline {pipeline}: topic {} is listed twice", Echo(.topic))]
     DuplicateTopic {
         /// The pipeline.
         pipeline: String,
@@ -169,7 +171,8 @@ pub enum DefinitionError {
     },
     /// A postgres sink table that is not a plain lowercase identifier.
     #[error(
-        "pipeline {pipeline}: sink table {table:?}: use a lowercase SQL identifier (a-z or _, then a-z, 0-9 or _, at most 63)"
+        "pipeline {pipeline}: sink table {:?}: use a lowercase SQL identifier (a-z or _, then a-z, 0-9 or _, at most 63)",
+        shorten(.table)
     )]
     Table {
         /// The pipeline.
@@ -187,7 +190,8 @@ pub enum DefinitionError {
     },
     /// A kafka sink topic Kafka refuses.
     #[error(
-        "pipeline {pipeline}: sink topic {topic:?}: use 1 to 249 characters of a-z, A-Z, 0-9, ., _ and -"
+        "pipeline {pipeline}: sink topic {:?}: use 1 to 249 characters of a-z, A-Z, 0-9, ., _ and -",
+        shorten(.topic)
     )]
     SinkTopic {
         /// The pipeline.
@@ -196,7 +200,10 @@ pub enum DefinitionError {
         topic: String,
     },
     /// A kafka sink writing into a topic the pipeline reads.
-    #[error("pipeline {pipeline}: sink topic {topic} is one of the pipeline's own topics (a loop)")]
+    #[error(
+        "pipeline {pipeline}: sink topic {} is one of the pipeline's own topics (a loop)",
+        Echo(.topic)
+    )]
     SinkLoop {
         /// The pipeline.
         pipeline: String,
@@ -205,7 +212,8 @@ pub enum DefinitionError {
     },
     /// A key that is not a path.
     #[error(
-        "pipeline {pipeline}: sink key {key:?}: use a path into the value such as .id or .order.id (segments of a-z, A-Z, 0-9 and _)"
+        "pipeline {pipeline}: sink key {:?}: use a path into the value such as .id or .order.id (segments of a-z, A-Z, 0-9 and _)",
+        shorten(.key)
     )]
     Key {
         /// The pipeline.
@@ -214,7 +222,7 @@ pub enum DefinitionError {
         key: String,
     },
     /// A file sink path that is not absolute.
-    #[error("pipeline {pipeline}: sink path {path:?}: use an absolute path")]
+    #[error("pipeline {pipeline}: sink path {:?}: use an absolute path", shorten(.path))]
     Path {
         /// The pipeline.
         pipeline: String,
@@ -242,7 +250,7 @@ struct File {
 /// Reads a pipeline file: every definition in it, validated and normalised,
 /// in the file's order. The first problem found refuses the whole file.
 pub fn parse_file(text: &str) -> Result<Vec<Definition>, DefinitionError> {
-    let file: File = toml::from_str(text).map_err(|e| DefinitionError::Toml(one_line(&e)))?;
+    let file: File = toml::from_str(text).map_err(|e| DefinitionError::Toml(cut(&one_line(&e))))?;
     if file.pipeline.is_empty() {
         return Err(DefinitionError::Empty);
     }
@@ -284,8 +292,8 @@ impl Definition {
     /// Reads one definition from its JSON form (the admin API's), validated
     /// and normalised.
     pub fn from_json(value: serde_json::Value) -> Result<Definition, DefinitionError> {
-        let definition: Definition =
-            serde_json::from_value(value).map_err(|e| DefinitionError::Json(e.to_string()))?;
+        let definition: Definition = serde_json::from_value(value)
+            .map_err(|e| DefinitionError::Json(cut(&e.to_string())))?;
         definition.validate()
     }
 
@@ -491,6 +499,61 @@ path = "/var/lib/chronolog/copy.jsonl"
 
     fn with_sink(sink: &str) -> String {
         format!("[[pipeline]]\nname = \"p\"\ntopics = [\"t\"]\n[pipeline.sink]\n{sink}\n")
+    }
+
+    #[test]
+    fn a_message_repeats_at_most_64_characters_of_a_value() {
+        let long = "x".repeat(3000);
+        let shown = format!("{}…", "x".repeat(64));
+        for (sink, expected) in [
+            (
+                format!("type = \"postgres\"\ntable = \"{long}\""),
+                format!(
+                    "pipeline p: sink table \"{shown}\": use a lowercase SQL identifier \
+                     (a-z or _, then a-z, 0-9 or _, at most 63)"
+                ),
+            ),
+            (
+                format!("type = \"file\"\npath = \"{long}\""),
+                format!("pipeline p: sink path \"{shown}\": use an absolute path"),
+            ),
+            (
+                format!("type = \"kafka\"\ntopic = \"{long}\""),
+                format!(
+                    "pipeline p: sink topic \"{shown}\": use 1 to 249 characters of \
+                     a-z, A-Z, 0-9, ., _ and -"
+                ),
+            ),
+        ] {
+            assert_eq!(error(&with_sink(&sink)), expected);
+        }
+        assert_eq!(
+            error(&format!(
+                "[[pipeline]]\nname = \"{long}\"\ntopics = [\"t\"]\n[pipeline.sink]\ntype = \"file\"\npath = \"/x\"\n"
+            )),
+            format!("pipeline name \"{shown}\": use 1 to 63 characters of a-z, 0-9 and -")
+        );
+        // An unknown field: the parser's message quotes it, and is cut.
+        let message = error(&format!(
+            "{}{long} = 1\n",
+            with_sink("type = \"file\"\npath = \"/x\"")
+        ));
+        assert!(message.starts_with("invalid pipeline file: "), "{message}");
+        assert_eq!(
+            message.chars().count(),
+            "invalid pipeline file: ".len() + crate::echo::MESSAGE_LIMIT + 1,
+            "{message}"
+        );
+        let message = Definition::from_json(serde_json::json!({
+            "name": "p", "topics": ["t"], "sink": {"type": "file", "path": "/x"}, long.clone(): 1,
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.starts_with("invalid pipeline definition: unknown field"),
+            "{message}"
+        );
+        assert!(message.ends_with('…'), "{message}");
     }
 
     #[test]

@@ -380,6 +380,20 @@ async fn put_creates_updates_refuses_and_delete_ends_with_an_exact_history() {
             json!({"error": "invalid_definition", "message": "invalid pipeline definition: missing field `sink`"})
         )
     );
+    // A message repeats at most 64 characters of what the client sent.
+    let long_table = definition(&topic, &"t".repeat(3000), &[".v = 2"]);
+    assert_eq!(
+        put(long_table).await,
+        (
+            422,
+            None,
+            json!({"error": "invalid_definition", "message": format!(
+                "pipeline {name}: sink table \"{}…\": use a lowercase SQL identifier \
+                 (a-z or _, then a-z, 0-9 or _, at most 63)",
+                "t".repeat(64)
+            )})
+        )
+    );
     let not_json = http
         .put(&url)
         .bearer_auth(TOKEN)
