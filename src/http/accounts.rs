@@ -8,6 +8,7 @@ use crate::accounts::{Customer, store};
 use crate::db::Pool;
 use crate::domain::CorrelationId;
 use crate::http::error::{ContextError, shorten};
+use crate::http::middleware::NoIdempotencyKey;
 use crate::input::parse_body;
 
 /// The accounts context's database.
@@ -50,6 +51,7 @@ pub(crate) struct Saved {
         (status = 503, description = "The accounts database is unavailable", body = super::openapi::ContextErrorSchema),
     ))]
 pub(crate) async fn create(
+    _: NoIdempotencyKey,
     body: web::Bytes,
     db: web::Data<AccountsDb>,
     correlation_id: CorrelationId,
@@ -115,6 +117,7 @@ pub(crate) async fn get(
         (status = 404, description = "No such customer", body = super::openapi::ContextErrorSchema),
     ))]
 pub(crate) async fn delete(
+    _: NoIdempotencyKey,
     id: web::Path<String>,
     db: web::Data<AccountsDb>,
     correlation_id: CorrelationId,

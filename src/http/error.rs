@@ -123,6 +123,11 @@ pub enum ContextError {
     /// The path's id is not a valid id.
     #[error("'{0}' is not a valid id")]
     InvalidId(String),
+    /// An `Idempotency-Key` on a command that does not take one.
+    #[error(
+        "this command takes no Idempotency-Key (the timestamp POSTs do): sent again, it would run again, so it is refused rather than run without that promise"
+    )]
+    IdempotencyKeyUnsupported,
     /// No such customer, product or order.
     #[error("no {what} with id {id}")]
     NotFound {
@@ -184,6 +189,7 @@ impl ContextError {
         match self {
             ContextError::Invalid(_) => "invalid_field",
             ContextError::InvalidId(_) => "invalid_id",
+            ContextError::IdempotencyKeyUnsupported => "idempotency_key_unsupported",
             ContextError::NotFound { .. } => "not_found",
             ContextError::Unknown { code, .. } => code,
             ContextError::InsufficientStock { .. } => "insufficient_stock",
@@ -197,7 +203,9 @@ impl ContextError {
 impl ResponseError for ContextError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ContextError::Invalid(_) | ContextError::InvalidId(_) => StatusCode::BAD_REQUEST,
+            ContextError::Invalid(_)
+            | ContextError::InvalidId(_)
+            | ContextError::IdempotencyKeyUnsupported => StatusCode::BAD_REQUEST,
             ContextError::NotFound { .. } => StatusCode::NOT_FOUND,
             ContextError::Unknown { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ContextError::InsufficientStock { .. } | ContextError::StockLimit { .. } => {
@@ -213,6 +221,7 @@ impl ResponseError for ContextError {
         match self {
             ContextError::Invalid(e) => body["field"] = e.field.clone().into(),
             ContextError::InvalidId(_) => body["field"] = "id".into(),
+            ContextError::IdempotencyKeyUnsupported => body["field"] = "Idempotency-Key".into(),
             ContextError::Unknown { field, .. } => body["field"] = field.clone().into(),
             ContextError::InsufficientStock {
                 field,

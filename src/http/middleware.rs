@@ -35,7 +35,7 @@ use tracing::Instrument;
 
 use crate::domain::{CorrelationId, CorrelationIdError};
 use crate::http::Route;
-use crate::http::error::{ApiError, Echo};
+use crate::http::error::{ApiError, ContextError, Echo};
 use crate::metrics::Metrics;
 
 /// The header that carries the correlation id, `correlationId` (header
@@ -349,6 +349,29 @@ impl FromRequest for CorrelationId {
             .cloned()
             .unwrap_or_else(CorrelationId::generate);
         std::future::ready(Ok(id))
+    }
+}
+
+/// A command of the accounts or shop context, which takes no
+/// `Idempotency-Key`: a client that sends one counts on a retry being safe,
+/// which it is not there, so the request is refused before anything runs.
+pub struct NoIdempotencyKey;
+
+impl FromRequest for NoIdempotencyKey {
+    type Error = ContextError;
+    type Future = std::future::Ready<Result<Self, ContextError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(
+            if req
+                .headers()
+                .contains_key(crate::http::command::IDEMPOTENCY_KEY_HEADER)
+            {
+                Err(ContextError::IdempotencyKeyUnsupported)
+            } else {
+                Ok(NoIdempotencyKey)
+            },
+        )
     }
 }
 

@@ -7,6 +7,7 @@ use uuid::Uuid;
 use crate::db::Pool;
 use crate::domain::CorrelationId;
 use crate::http::error::{ContextError, shorten};
+use crate::http::middleware::NoIdempotencyKey;
 use crate::input::parse_body;
 use crate::shop::{NewOrder, NewProduct, ProductChange, ShopError, store};
 
@@ -104,6 +105,7 @@ fn uuid(raw: &str) -> Result<Uuid, ContextError> {
         (status = 400, description = "Malformed JSON, a wrong type, a value out of bounds (names the field)", body = super::openapi::ContextErrorSchema),
     ))]
 pub(crate) async fn create_product(
+    _: NoIdempotencyKey,
     body: web::Bytes,
     db: web::Data<ShopDb>,
     correlation_id: CorrelationId,
@@ -129,6 +131,7 @@ pub(crate) async fn create_product(
         (status = 404, description = "No such product", body = super::openapi::ContextErrorSchema),
     ))]
 pub(crate) async fn update_product(
+    _: NoIdempotencyKey,
     id: web::Path<String>,
     body: web::Bytes,
     db: web::Data<ShopDb>,
@@ -150,6 +153,7 @@ pub(crate) async fn update_product(
         (status = 404, description = "No such product", body = super::openapi::ContextErrorSchema),
     ))]
 pub(crate) async fn delete_product(
+    _: NoIdempotencyKey,
     id: web::Path<String>,
     db: web::Data<ShopDb>,
     correlation_id: CorrelationId,
@@ -173,6 +177,7 @@ pub(crate) async fn delete_product(
         (status = 422, description = "unknown_customer (shop has no copy of the customer yet) or unknown_product", body = super::openapi::ContextErrorSchema),
     ))]
 pub(crate) async fn place_order(
+    _: NoIdempotencyKey,
     body: web::Bytes,
     db: web::Data<ShopDb>,
     correlation_id: CorrelationId,
@@ -198,6 +203,7 @@ pub(crate) async fn place_order(
         (status = 409, description = "stock_limit: a product's stock has no room for the items; nothing changes", body = super::openapi::ContextErrorSchema),
     ))]
 pub(crate) async fn delete_order(
+    _: NoIdempotencyKey,
     id: web::Path<String>,
     db: web::Data<ShopDb>,
     correlation_id: CorrelationId,

@@ -440,6 +440,73 @@ async fn orders_naming_shared_products_in_opposite_orders_do_not_deadlock() {
     app.stop().await;
 }
 
+/// The accounts and shop commands take no `Idempotency-Key`: one sent is
+/// refused before anything runs, not ignored (a retry would run again).
+#[actix_rt::test]
+async fn a_command_that_takes_no_idempotency_key_refuses_one_and_writes_nothing() {
+    let app = shop_with_customer(8).await;
+    let db = app.settings.database_url.expose().to_owned();
+    let kettle = product(&app, "Kettle", json!("19.99"), 5).await;
+    let placed = order(&app, 8, &[(&kettle, 1)]).await;
+    assert_eq!(placed.status, 201, "{:?}", placed.body);
+    let order_id = placed.body["orderId"].as_str().unwrap().to_owned();
+    let events = count(&db, "SELECT count(*) AS n FROM outbox.events").await;
+    let requests = [
+        (
+            "POST",
+            "/api/v1/products".to_owned(),
+            Some(json!({"name": "Mug", "price": 1, "stock": 1})),
+        ),
+        (
+            "PUT",
+            format!("/api/v1/products/{kettle}"),
+            Some(json!({"stock": 9})),
+        ),
+        ("DELETE", format!("/api/v1/products/{kettle}"), None),
+        (
+            "POST",
+            "/api/v1/orders".to_owned(),
+            Some(json!({"customerId": 8, "items": [{"productId": kettle, "quantity": 1}]})),
+        ),
+        ("DELETE", format!("/api/v1/orders/{order_id}"), None),
+        (
+            "POST",
+            "/accounts/customer/create".to_owned(),
+            Some(crate::accounts::john(8)),
+        ),
+        ("DELETE", "/accounts/customer/8".to_owned(), None),
+    ];
+    for (method, path, body) in requests {
+        let mut request = app
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{path}", app.command_url()),
+            )
+            .header("Idempotency-Key", "retry-me-1");
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let answer = request.send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), 400, "{method} {path}");
+        assert_eq!(
+            answer.json::<Value>().await.unwrap(),
+            json!({"error": "idempotency_key_unsupported", "field": "Idempotency-Key",
+                   "message": "this command takes no Idempotency-Key (the timestamp POSTs do): \
+                               sent again, it would run again, so it is refused rather than run \
+                               without that promise"}),
+            "{method} {path}"
+        );
+    }
+    assert_eq!(stock(&app, &kettle).await, 4);
+    assert_eq!(count(&db, "SELECT count(*) AS n FROM shop.orders").await, 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) AS n FROM outbox.events").await,
+        events
+    );
+    app.stop().await;
+}
+
 /// Deleting an order gives its items back only while each stock has room
 /// for them: past the limit the delete is refused and nothing changes.
 #[actix_rt::test]
