@@ -20,13 +20,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         super::resource("/accounts/customer/create")
             .route(web::post().to(create))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("POST")),
     )
     .service(
         super::resource("/accounts/customer/{id}")
             .route(super::get_or_head().to(get))
             .route(web::delete().to(delete))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("GET, HEAD, DELETE")),
     );
 }
 

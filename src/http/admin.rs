@@ -115,7 +115,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, admin: web::Data<Admin>) {
         super::resource("/admin/pipelines")
             .app_data(admin.clone())
             .route(super::get_or_head().to(list))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("GET, HEAD")),
     )
     .service(
         super::resource("/admin/pipelines/{name}")
@@ -123,13 +123,13 @@ pub fn routes(cfg: &mut web::ServiceConfig, admin: web::Data<Admin>) {
             .route(super::get_or_head().to(get))
             .route(web::put().to(put))
             .route(web::delete().to(delete))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("GET, HEAD, PUT, DELETE")),
     )
     .service(
         super::resource("/admin/pipelines/{name}/history")
             .app_data(admin)
             .route(super::get_or_head().to(history))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("GET, HEAD")),
     );
 }
 

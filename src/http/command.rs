@@ -26,17 +26,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         super::resource("/api/v1/timestamp")
             .route(web::post().to(submit_now))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("POST")),
     )
     .service(
         super::resource("/api/v1/timestamp/{timestamp}")
             .route(web::post().to(submit_at))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("POST")),
     )
     .service(
         super::resource("/app")
             .route(web::post().to(submit_app))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("POST")),
     );
 }
 

@@ -42,9 +42,14 @@ pub enum ApiError {
         /// Request path, shortened.
         path: String,
     },
-    /// The route exists, the method (shortened) does not.
-    #[error("method {0} is not allowed here")]
-    MethodNotAllowed(String),
+    /// The route exists, the method does not.
+    #[error("method {method} is not allowed here")]
+    MethodNotAllowed {
+        /// Request method, shortened.
+        method: String,
+        /// The methods the route has, for the `Allow` header.
+        allow: &'static str,
+    },
     /// The request body is too large.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -70,7 +75,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
             ApiError::RouteNotFound { .. } => "not_found",
-            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Unavailable(_) => "unavailable",
         }
@@ -96,19 +101,22 @@ impl ResponseError for ApiError {
             | ApiError::InvalidPrefer(_)
             | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code())
-            .insert_header((
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            ))
-            .body(self.body())
+        let mut response = HttpResponse::build(self.status_code());
+        response.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ));
+        if let ApiError::MethodNotAllowed { allow, .. } = self {
+            response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
+        }
+        response.body(self.body())
     }
 }
 

@@ -188,6 +188,13 @@ async fn route_not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     })
 }
 
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed(shorten(req.method().as_str())))
+/// A resource's answer to a method it has no route for: `405` with the
+/// `Allow` header listing the methods it has (RFC 9110 asks for it).
+pub fn not_allowed(allow: &'static str) -> WebRoute {
+    web::to(move |req: HttpRequest| async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
+            method: shorten(req.method().as_str()),
+            allow,
+        })
+    })
 }

@@ -38,22 +38,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         super::resource("/health")
             .route(super::get_or_head().to(health))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("GET, HEAD")),
     )
     .service(
         super::resource("/ready")
             .route(super::get_or_head().to(ready))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("GET, HEAD")),
     )
     .service(
         super::resource("/metrics")
             .route(super::get_or_head().to(render_metrics))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("GET, HEAD")),
     )
     .service(
         super::resource("/openapi.json")
             .route(super::get_or_head().to(super::openapi::openapi_json))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("GET, HEAD")),
     );
 }
 

@@ -26,7 +26,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         super::resource("/api/v1/timestamp/{id}")
             .route(super::get_or_head().to(get_timestamp))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("GET, HEAD")),
     )
     .configure(super::shop_query::routes);
 }

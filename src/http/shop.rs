@@ -20,23 +20,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         super::resource("/api/v1/products")
             .route(web::post().to(create_product))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("POST")),
     )
     .service(
         super::resource("/api/v1/products/{id}")
             .route(web::put().to(update_product))
             .route(web::delete().to(delete_product))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("PUT, DELETE")),
     )
     .service(
         super::resource("/api/v1/orders")
             .route(web::post().to(place_order))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("POST")),
     )
     .service(
         super::resource("/api/v1/orders/{id}")
             .route(web::delete().to(delete_order))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("DELETE")),
     );
 }
 

@@ -25,27 +25,27 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         super::resource("/orders/list")
             .route(super::get_or_head().to(list_orders))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("GET, HEAD")),
     )
     .service(
         super::resource("/orders/order/{customerId}")
             .route(super::get_or_head().to(customer_orders))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("GET, HEAD")),
     )
     .service(
         super::resource("/api/v1/orders/{orderId}")
             .route(super::get_or_head().to(get_order))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("GET, HEAD")),
     )
     .service(
         super::resource("/api/v1/products/{id}")
             .route(super::get_or_head().to(get_product))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("GET, HEAD")),
     )
     .service(
         super::resource("/api/v1/products/{id}/sales")
             .route(super::get_or_head().to(product_sales))
-            .default_service(web::to(super::method_not_allowed)),
+            .default_service(super::not_allowed("GET, HEAD")),
     );
 }
 

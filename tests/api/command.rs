@@ -248,6 +248,14 @@ async fn malformed_requests_get_a_json_4xx_and_nothing_reaches_the_log() {
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(response.status().as_u16(), case.status, "{what}");
+        // A 405 lists the methods the route has (RFC 9110), nothing else does.
+        let allow = response.headers().get("allow").map(|v| v.to_str().unwrap());
+        let expected = match (case.status, case.query_port) {
+            (405, true) => Some("GET, HEAD"),
+            (405, false) => Some("POST"),
+            _ => None,
+        };
+        assert_eq!(allow, expected, "{what}");
         let body: serde_json::Value = response
             .json()
             .await

@@ -160,6 +160,7 @@ async fn operations_endpoints_refuse_other_methods_with_405_and_answer_head() {
                     .unwrap();
                 let what = format!("{method} {base}{path}");
                 assert_eq!(response.status().as_u16(), 405, "{what}");
+                assert_eq!(response.headers()["allow"], "GET, HEAD", "{what}");
                 let body: serde_json::Value = response.json().await.unwrap();
                 assert_eq!(body["error"], json!("method_not_allowed"), "{what}");
                 assert_eq!(

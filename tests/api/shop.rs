@@ -498,6 +498,20 @@ async fn a_command_that_takes_no_idempotency_key_refuses_one_and_writes_nothing(
             "{method} {path}"
         );
     }
+    // A method the route does not have: 405, with the methods it has.
+    let patched = app
+        .http
+        .patch(format!("{}/api/v1/products/{kettle}", app.command_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            patched.status().as_u16(),
+            patched.headers()["allow"].to_str().unwrap()
+        ),
+        (405, "PUT, DELETE")
+    );
     assert_eq!(stock(&app, &kettle).await, 4);
     assert_eq!(count(&db, "SELECT count(*) AS n FROM shop.orders").await, 1);
     assert_eq!(
