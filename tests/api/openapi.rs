@@ -2,7 +2,7 @@
 //! `openapi-spec-validator`, which `scripts/test.sh` installs), naming
 //! exactly the routes the port serves, and matched by real answers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chronolog::config::Role;
 use serde_json::{Value, json};
@@ -253,6 +253,35 @@ async fn every_port_documents_exactly_its_routes_and_answers_as_documented() {
         operations(&query_doc),
         set(&[&OPERATIONS[..], &QUERY[..]].concat())
     );
+    // A method a path does not have is answered 405 with `Allow` naming
+    // exactly the methods the document gives it (and HEAD with GET).
+    for (doc, base) in [(&command_doc, &command), (&query_doc, &query)] {
+        let mut methods: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for operation in operations(doc) {
+            let (method, path) = operation.split_once(' ').unwrap();
+            let documented = methods.entry(path.to_owned()).or_default();
+            documented.insert(method.to_uppercase());
+            if method == "get" {
+                documented.insert("HEAD".to_owned());
+            }
+        }
+        for (path, documented) in methods {
+            let concrete: Vec<&str> = path
+                .split('/')
+                .map(|s| if s.starts_with('{') { "1" } else { s })
+                .collect();
+            let url = format!("{base}{}", concrete.join("/"));
+            let response = app.http.patch(&url).send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 405, "PATCH {url}");
+            let allow: BTreeSet<String> = response.headers()["allow"]
+                .to_str()
+                .unwrap()
+                .split(", ")
+                .map(str::to_owned)
+                .collect();
+            assert_eq!(allow, documented, "PATCH {url}");
+        }
+    }
     let record = &command_doc["components"]["schemas"]["Accepted"];
     assert_eq!(record["required"], json!(["id", "partition", "offset"]));
     let view = &query_doc["components"]["schemas"]["RecordView"];
