@@ -68,7 +68,6 @@ fn uuid_field(field: &str, raw: &str) -> Result<Uuid, ContextError> {
         .map_err(|_| FieldError::new(field, format!("'{}' is not a UUID", shorten(raw))).into())
 }
 
-/// `limit` and `after` of `/orders/list`; any other parameter is refused.
 /// The pairs of a query string.
 fn query_pairs(query: &str) -> Result<Vec<(String, String)>, FieldError> {
     web::Query::<Vec<(String, String)>>::from_query(query)
@@ -88,6 +87,7 @@ fn no_parameters(query: &str) -> Result<(), FieldError> {
     }
 }
 
+/// `limit` and `after` of `/orders/list`; any other parameter is refused.
 fn list_parameters(query: &str) -> Result<(i64, Option<Cursor>), FieldError> {
     let pairs = query_pairs(query)?;
     let (mut limit, mut after) = (None, None);
