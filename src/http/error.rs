@@ -172,11 +172,10 @@ pub enum ContextError {
     },
     /// Deleting an order would give a product back more than its stock
     /// has room for.
-    #[error(
-        "giving back {returned} of product {product_id} ({product_name}) would put its stock of {stock} past {max}",
-        max = crate::shop::MAX_STOCK
-    )]
+    #[error("{message}")]
     StockLimit {
+        /// What is wrong, in the shop's words.
+        message: String,
         /// The product.
         product_id: uuid::Uuid,
         /// Its name.
@@ -249,6 +248,7 @@ impl ResponseError for ContextError {
                 product_name,
                 stock,
                 returned,
+                ..
             } => {
                 body["productId"] = product_id.to_string().into();
                 body["productName"] = product_name.clone().into();

@@ -42,22 +42,24 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 impl From<ShopError> for ContextError {
     fn from(error: ShopError) -> Self {
+        // The shop's own words, for the answers that carry them as they are.
+        let message = error.to_string();
         match error {
             ShopError::Invalid(e) => ContextError::Invalid(e),
-            ShopError::UnknownCustomer(id) => ContextError::Unknown {
+            ShopError::UnknownCustomer(_) => ContextError::Unknown {
                 code: "unknown_customer",
                 field: "customerId".into(),
-                message: ShopError::UnknownCustomer(id).to_string(),
+                message,
             },
-            ShopError::NoShippingAddress(id) => ContextError::Unknown {
+            ShopError::NoShippingAddress(_) => ContextError::Unknown {
                 code: "no_shipping_address",
                 field: "customerId".into(),
-                message: ShopError::NoShippingAddress(id).to_string(),
+                message,
             },
-            ShopError::UnknownProduct { field, product_id } => ContextError::Unknown {
+            ShopError::UnknownProduct { field, .. } => ContextError::Unknown {
                 code: "unknown_product",
                 field,
-                message: format!("no product with id {product_id}"),
+                message,
             },
             ShopError::InsufficientStock {
                 field,
@@ -78,6 +80,7 @@ impl From<ShopError> for ContextError {
                 stock,
                 returned,
             } => ContextError::StockLimit {
+                message,
                 product_id,
                 product_name,
                 stock: stock.into(),
