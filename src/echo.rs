@@ -18,10 +18,15 @@ pub fn shorten(text: &str) -> String {
 /// value (serde quotes an unknown field, or a string it did not expect): at
 /// most [`MESSAGE_LIMIT`] characters of it, then `…`.
 pub fn cut(message: &str) -> String {
-    match message.char_indices().nth(MESSAGE_LIMIT) {
-        Some((at, _)) => format!("{}…", &message[..at]),
+    match head(message, MESSAGE_LIMIT) {
+        Some(head) => format!("{head}…"),
         None => message.to_owned(),
     }
+}
+
+/// The first `limit` characters of `text`, when it has more.
+fn head(text: &str, limit: usize) -> Option<&str> {
+    text.char_indices().nth(limit).map(|(at, _)| &text[..at])
 }
 
 /// Most characters of a parser's message that an error repeats.
@@ -34,9 +39,9 @@ pub struct Echo<'a>(pub &'a str);
 
 impl fmt::Display for Echo<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.char_indices().nth(ECHO_LIMIT) {
-            Some((cut, _)) => {
-                f.write_str(&self.0[..cut])?;
+        match head(self.0, ECHO_LIMIT) {
+            Some(head) => {
+                f.write_str(head)?;
                 f.write_str("…")
             }
             None => f.write_str(self.0),
