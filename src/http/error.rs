@@ -238,10 +238,7 @@ impl ResponseError for ContextError {
                 available,
             } => {
                 body["field"] = field.clone().into();
-                body["productId"] = product_id.to_string().into();
-                body["productName"] = product_name.clone().into();
-                body["requested"] = (*requested).into();
-                body["available"] = (*available).into();
+                stock_fields(&mut body, product_id, product_name, *requested, *available);
             }
             ContextError::StockLimit {
                 product_id,
@@ -249,12 +246,13 @@ impl ResponseError for ContextError {
                 stock,
                 returned,
                 ..
-            } => {
-                body["productId"] = product_id.to_string().into();
-                body["productName"] = product_name.clone().into();
-                body["requested"] = (*returned).into();
-                body["available"] = (crate::shop::MAX_STOCK - stock).into();
-            }
+            } => stock_fields(
+                &mut body,
+                product_id,
+                product_name,
+                *returned,
+                crate::shop::MAX_STOCK - stock,
+            ),
             ContextError::Database(error) => {
                 if error.is_connection_lost() {
                     tracing::warn!(%error, "database unavailable");
@@ -267,6 +265,21 @@ impl ResponseError for ContextError {
         }
         HttpResponse::build(self.status_code()).json(body)
     }
+}
+
+/// The product a stock refusal is about, the units in question and the
+/// units there is room for: what a client needs to ask again.
+fn stock_fields(
+    body: &mut serde_json::Value,
+    product_id: &uuid::Uuid,
+    product_name: &str,
+    requested: i64,
+    available: i64,
+) {
+    body["productId"] = product_id.to_string().into();
+    body["productName"] = product_name.into();
+    body["requested"] = requested.into();
+    body["available"] = available.into();
 }
 
 #[cfg(test)]
